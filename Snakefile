@@ -1,0 +1,20 @@
+# msif: multi-stage influence, from pretraining data to finetuned predictions, validated by retraining.
+# The DAG: data -> pretrain -> finetune -> finetune_ihvp -> pretrain_hessian/pretrain_ihvp -> scores
+#          -> removal_sets -> retrain (fan-out) + noise_floor -> compare -> report
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/influence.smk"
+include: "workflow/rules/validation.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/report.html",
+        f"{RESULTS}/validation/summary.csv",
+    default_target: True

@@ -1,0 +1,107 @@
+"""Data for the two stages: disjoint class sets of one data set, fixed seeded splits.
+
+The default experiment uses scikit-learn's bundled 8×8 digits (no download): pretraining
+classifies ``pretrain_classes``, finetuning classifies ``finetune_classes``. Inputs are scaled
+once (pixel / 16). Every example keeps its row index in the source data set as a stable id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Bad input data: names the data set and the offending example ids."""
+
+
+@dataclass
+class Split:
+    """One split: inputs ``x``, integer labels ``y`` (0..C-1 within the stage) and source ``ids``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, keep: torch.Tensor) -> Split:
+        return Split(self.x[keep], self.y[keep], self.ids[keep])
+
+    def to(self, dtype: torch.dtype, device: torch.device) -> Split:
+        return Split(self.x.to(dtype=dtype, device=device), self.y.to(device), self.ids.to(device))
+
+
+@dataclass
+class TwoStageData:
+    pretrain: Split
+    pretrain_test: Split
+    finetune: Split
+    finetune_test: Split
+
+    SPLITS = ("pretrain", "pretrain_test", "finetune", "finetune_test")
+
+    def to(self, dtype: torch.dtype, device: torch.device) -> TwoStageData:
+        return TwoStageData(*(getattr(self, s).to(dtype, device) for s in self.SPLITS))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{s}.{f}": getattr(getattr(self, s), f) for s in self.SPLITS for f in ("x", "y", "ids")}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TwoStageData:
+        return cls(*(Split(state[f"{s}.x"], state[f"{s}.y"], state[f"{s}.ids"]) for s in cls.SPLITS))
+
+
+def check_inputs(name: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Fail before training on non-finite inputs or mismatched shapes, naming the example ids."""
+    if len(x) != len(y):
+        raise DataError(f"{name}: {len(x)} inputs but {len(y)} labels")
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        raise DataError(f"{name}: non-finite (NaN/Inf) inputs at example ids {bad[:20].tolist()}")
+
+
+def split_by_classes(
+    name: str, x: np.ndarray, y: np.ndarray, classes: list[int], n_train: int, rng: np.random.Generator
+) -> tuple[Split, Split]:
+    """Keep ``classes`` (relabelled 0..C-1), shuffle with ``rng``, take ``n_train`` for training, rest test."""
+    if not classes:
+        raise DataError(f"{name}: the class list is empty")
+    missing = [c for c in classes if not np.any(y == c)]
+    if missing:
+        raise DataError(f"{name}: classes {missing} have no examples (present: {sorted(set(y.tolist()))})")
+    idx = np.flatnonzero(np.isin(y, classes))
+    idx = idx[rng.permutation(len(idx))]
+    if not 0 < n_train < len(idx):
+        raise DataError(f"{name}: n_train={n_train} must be in [1, {len(idx) - 1}] (classes {classes} have {len(idx)} examples)")
+    relabel = {c: i for i, c in enumerate(classes)}
+    labels = np.array([relabel[int(c)] for c in y[idx]])
+    parts = []
+    for part in (slice(0, n_train), slice(n_train, None)):
+        sel = idx[part]
+        for c in range(len(classes)):
+            if not np.any(labels[part] == c):
+                raise DataError(f"{name}: class {classes[c]} is missing from a split; raise n_train or change the seed")
+        parts.append(Split(torch.from_numpy(x[sel]), torch.from_numpy(labels[part]), torch.from_numpy(sel)))
+    return parts[0], parts[1]
+
+
+def load_digits_two_stage(
+    pretrain_classes: list[int], finetune_classes: list[int], n_pretrain: int, n_finetune: int, seed: int
+) -> TwoStageData:
+    """scikit-learn digits split into a pretraining task and a finetuning task on other classes."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.data.astype(np.float64) / 16.0, digits.target.astype(np.int64)
+    check_inputs("digits", x, y)
+    overlap = set(pretrain_classes) & set(finetune_classes)
+    if overlap:
+        raise DataError(f"digits: classes {sorted(overlap)} are in both pretrain_classes and finetune_classes")
+    rng = np.random.default_rng(seed)
+    pt, pt_test = split_by_classes("digits/pretrain", x, y, pretrain_classes, n_pretrain, rng)
+    ft, ft_test = split_by_classes("digits/finetune", x, y, finetune_classes, n_finetune, rng)
+    return TwoStageData(pt, pt_test, ft, ft_test)

@@ -1,0 +1,97 @@
+"""Two-stage models as pure functions of flat parameter vectors.
+
+A :class:`TwoStageModel` holds three ``nn.Module`` templates — the shared body ``W``, the
+pretraining head ``U`` and the finetuning head ``Θ`` — but every computation goes through
+``torch.func.functional_call`` on flat vectors, so Hessians, solvers and per-example gradients
+see plain tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Names and shapes of a module's parameters, to map between a dict and one flat vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ParamSpec:
+        items = list(module.named_parameters())
+        return cls(tuple(n for n, _ in items), tuple(tuple(p.shape) for _, p in items))
+
+    @property
+    def numel(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        if flat.shape != (self.numel,):
+            raise ValueError(f"expected a flat vector of {self.numel} parameters, got shape {tuple(flat.shape)}")
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = math.prod(shape)
+            out[name] = flat[start : start + size].view(shape)
+            start += size
+        return out
+
+    @staticmethod
+    def flatten(module: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+class TwoStageModel:
+    """Body ``W`` shared by a pretraining head ``U`` and a finetuning head ``Θ``.
+
+    ``pt_logits(w, u, x)`` = U(W(x)); ``ft_logits(w, theta, x)`` = Θ(W(x)). All parameters are
+    flat vectors; :meth:`init_params` draws them from the modules' default initialisation.
+    """
+
+    def __init__(self, body: nn.Module, pt_head: nn.Module, ft_head: nn.Module):
+        self.body, self.pt_head, self.ft_head = body, pt_head, ft_head
+        self.w_spec, self.u_spec, self.theta_spec = (ParamSpec.of(m) for m in (body, pt_head, ft_head))
+
+    def features(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.body, self.w_spec.unflatten(w), (x,))
+
+    def pt_logits(self, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.pt_head, self.u_spec.unflatten(u), (self.features(w, x),))
+
+    def ft_logits(self, w: torch.Tensor, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.ft_head, self.theta_spec.unflatten(theta), (self.features(w, x),))
+
+    def init_params(self, seed: int, dtype: torch.dtype, device: torch.device):
+        """Fresh (w, u, theta) from the modules' default initialisation under ``seed``."""
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            for m in (self.body, self.pt_head, self.ft_head):
+                for layer in m.modules():
+                    if hasattr(layer, "reset_parameters"):
+                        layer.reset_parameters()
+        finally:
+            torch.random.set_rng_state(gen_state)
+        return tuple(ParamSpec.flatten(m).to(dtype=dtype, device=device) for m in (self.body, self.pt_head, self.ft_head))
+
+
+def mlp_model(in_dim: int, hidden: list[int], n_pt_classes: int, n_ft_classes: int, activation: str = "tanh") -> TwoStageModel:
+    """An MLP body ``in_dim → hidden[0] → … → hidden[-1]`` with linear heads for both stages."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"model.activation={activation!r}: allowed {sorted(ACTIVATIONS)}")
+    if not hidden:
+        raise ValueError("model.hidden must list at least one layer width")
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+        width = h
+    return TwoStageModel(nn.Sequential(*layers), nn.Linear(width, n_pt_classes), nn.Linear(width, n_ft_classes))

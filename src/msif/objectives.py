@@ -1,0 +1,84 @@
+"""The two objectives of method.md, as functions of one flat parameter vector each.
+
+    L_pt(W, U) = 1/n Σ_i c_i l(z_i; W, U) + λ_pt/2 ‖(W, U)‖²          (c_i = 1, or 0 for a removed z_i)
+    L_ft(Θ; W) = 1/m Σ_j l(x_j; Θ, W) + λ_ft/2 ‖Θ‖²
+    Scenario "fixed":   minimise L_ft over Θ with W = W_pt.
+    Scenario "updated": minimise L_ft(Θ, W) + α/2 ‖W − W_pt‖² over x = (Θ, W).
+
+Per-example losses are unreduced; the objectives own the mean and its 1/n. A removed example
+keeps the denominator n, so retraining realises exactly the ε = −1/n that a score predicts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from msif.data import Split
+from msif.models import TwoStageModel
+
+SCENARIOS = ("fixed", "updated")
+
+
+def pretrain_losses(model: TwoStageModel, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example pretraining losses ``l(z_i; W, U)``, unreduced, shape (n,)."""
+    return F.cross_entropy(model.pt_logits(w, u, x), y, reduction="none")
+
+
+def finetune_losses(model: TwoStageModel, w: torch.Tensor, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example finetuning (and test) losses ``l(x_j; Θ, W)``, unreduced, shape (m,)."""
+    return F.cross_entropy(model.ft_logits(w, theta, x), y, reduction="none")
+
+
+class PretrainObjective:
+    """``L_pt(θ)`` with ``θ = (W, U)`` flat; ``weights`` c_i (default 1) multiply each loss term."""
+
+    def __init__(self, model: TwoStageModel, data: Split, l2: float, weights: torch.Tensor | None = None):
+        self.model, self.data, self.l2 = model, data, l2
+        self.n = len(data)
+        self.weights = weights
+        self.p_w = model.w_spec.numel
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return params[: self.p_w], params[self.p_w :]
+
+    def __call__(self, params: torch.Tensor) -> torch.Tensor:
+        w, u = self.split(params)
+        losses = pretrain_losses(self.model, w, u, self.data.x, self.data.y)
+        if self.weights is not None:
+            losses = losses * self.weights
+        return losses.sum() / self.n + 0.5 * self.l2 * params.pow(2).sum()
+
+
+class FinetuneObjective:
+    """The finetuning objective of one scenario, on ``x = Θ`` ("fixed") or ``x = (Θ, W)`` ("updated")."""
+
+    def __init__(self, model: TwoStageModel, data: Split, l2: float, w_pt: torch.Tensor, scenario: str, alpha: float):
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario={scenario!r}: allowed {list(SCENARIOS)}")
+        if scenario == "updated" and not alpha > 0:
+            raise ValueError(f"finetune.alpha={alpha}: scenario 'updated' needs alpha > 0")
+        self.model, self.data, self.l2, self.w_pt = model, data, l2, w_pt
+        self.scenario, self.alpha = scenario, alpha
+        self.p_theta = model.theta_spec.numel
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Θ, W) of a finetuning parameter vector; W is W_pt when it is fixed."""
+        if self.scenario == "fixed":
+            return params, self.w_pt
+        return params[: self.p_theta], params[self.p_theta :]
+
+    def initial(self, theta0: torch.Tensor) -> torch.Tensor:
+        return theta0 if self.scenario == "fixed" else torch.cat([theta0, self.w_pt])
+
+    def loss(self, theta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``L_ft(Θ; W) = 1/m Σ_j l(x_j; Θ, W) + λ_ft/2 ‖Θ‖²`` (no proximal term)."""
+        losses = finetune_losses(self.model, w, theta, self.data.x, self.data.y)
+        return losses.mean() + 0.5 * self.l2 * theta.pow(2).sum()
+
+    def __call__(self, params: torch.Tensor) -> torch.Tensor:
+        theta, w = self.split(params)
+        value = self.loss(theta, w)
+        if self.scenario == "updated":
+            value = value + 0.5 * self.alpha * (w - self.w_pt).pow(2).sum()
+        return value

@@ -1,0 +1,173 @@
+"""The HTML report: one self-contained page (figures inlined as PNG) that opens offline.
+
+It answers the suite's question — does predicted influence match retraining? — with the summary
+table, a predicted-vs-actual scatter per scenario (identity line, fitted slope, noise-floor band),
+the curvature and convergence diagnostics of every stage and solve, the top proponents and
+opponents of a few test examples drawn as images, and the config and versions used.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+import msif  # noqa: E402
+from msif import io  # noqa: E402
+
+SCENARIO_TITLES = {"fixed": "Scenario A — W fixed during finetuning", "updated": "Scenario B — W updated (proximal α)"}
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
+th{background:#f4f4f4} td.l,th.l{text-align:left}
+.verdict{padding:.7em 1em;border-radius:6px;margin:1em 0} .ok{background:#e8f5e9;border:1px solid #a5d6a7}
+.warn{background:#fff8e1;border:1px solid #ffe082} .muted{color:#666;font-size:.9em}
+img{max-width:100%} pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em}
+.grid{display:flex;flex-wrap:wrap;gap:1em}
+"""
+
+
+def _png(fig) -> str:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    head = "".join(f"<th class='l'>{html.escape(str(c))}</th>" if df[c].dtype == object else f"<th>{html.escape(str(c))}</th>"
+                   for c in df.columns)
+    rows = []
+    for _, r in df.iterrows():
+        cells = []
+        for c in df.columns:
+            v = r[c]
+            if isinstance(v, float | np.floating):
+                cells.append(f"<td>{floatfmt.format(v)}</td>")
+            else:
+                cells.append(f"<td class='l'>{html.escape(str(v))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solver: str, noise_floor: float) -> str:
+    """Predicted vs actual removal effect: identity line, fitted slope, ±2·noise-floor band."""
+    d = lko[(lko.scenario == scenario) & (lko.solver == solver)]
+    s = summary[(summary.scenario == scenario) & (summary.solver == solver)].iloc[0]
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    lim = float(np.abs(np.r_[d.predicted, d.actual]).max()) * 1.08 or 1.0
+    if np.isfinite(noise_floor) and noise_floor > 0:
+        ax.axhspan(-2 * noise_floor, 2 * noise_floor, color="0.85", zorder=0, label="±2 × noise floor")
+    ax.plot([-lim, lim], [-lim, lim], color="0.4", lw=1, ls="--", label="identity")
+    if np.isfinite(s.slope):
+        ax.plot([-lim, lim], [-lim * s.slope, lim * s.slope], color="C3", lw=1, label=f"fit: actual = {s.slope:.2f} × predicted")
+    sns.scatterplot(data=d, x="predicted", y="actual", hue="selection", size="k", sizes=(20, 90), ax=ax, alpha=0.8,
+                    palette={"top": "C0", "bottom": "C1", "random": "C2"})
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="predicted Δ test loss (Σ scores)", ylabel="actual Δ test loss (retrained)",
+           title=f"{scenario} / {solver}: Pearson {s.pearson:.3f}, Spearman {s.spearman:.3f}")
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def examples_figure(data: dict, scores: torch.Tensor, test_ids: torch.Tensor, t: int, top: int) -> str:
+    """A test image beside its top proponents (highest scores) and opponents (lowest), with scores."""
+    x_test = data["finetune_test.x"][t].reshape(8, 8)
+    x_pt = data["pretrain.x"].reshape(-1, 8, 8)
+    order = torch.argsort(scores[t], descending=True)
+    picks = [("proponent", i) for i in order[:top].tolist()] + [("opponent", i) for i in order[-top:].flip(0).tolist()]
+    fig, axes = plt.subplots(2, top + 1, figsize=(1.25 * (top + 1), 3.0))
+    for row in range(2):
+        axes[row, 0].axis("off")
+    axes[0, 0].imshow(x_test, cmap="gray_r")
+    axes[0, 0].set_title(f"test id {int(test_ids[t])}", fontsize=8)
+    axes[0, 0].axis("on")
+    axes[0, 0].set(xticks=[], yticks=[])
+    for j, (kind, i) in enumerate(picks):
+        ax = axes[0 if kind == "proponent" else 1, 1 + j % top]
+        ax.imshow(x_pt[i], cmap="Blues" if kind == "proponent" else "Reds")
+        ax.set_title(f"{scores[t, i]:+.2e}", fontsize=7)
+        ax.set(xticks=[], yticks=[])
+    axes[0, 1].set_ylabel("proponents", fontsize=8)
+    axes[1, 1].set_ylabel("opponents", fontsize=8)
+    return _png(fig)
+
+
+def _diagnostics(results: Path, config: dict) -> pd.DataFrame:
+    rows = []
+    for name, path in [("pretrain", results / "train/pretrain.pt")] + [
+        (f"finetune[{s}]", results / f"train/finetune_{s}.pt") for s in config["scenarios"]
+    ]:
+        t = io.load_meta(path)["training"]
+        rows.append({"what": name, "grad norm": t["grad_norm"], "min eigenvalue": t["min_eigenvalue_lanczos"],
+                     "max eigenvalue": t["max_eigenvalue_lanczos"], "residual": float("nan"), "note": "trained optimum (Lanczos)"})
+    for s in config["scenarios"]:
+        for solver in config["influence"]["solvers"]:
+            for step in ("finetune_ihvp", "pretrain_ihvp"):
+                meta = io.load_meta(results / f"influence/{s}/{solver}/{step}.pt")["solve"]
+                note = f"{meta.get('iterations', '')} iterations" if solver == "cg" else "dense eigendecomposition"
+                rows.append({"what": f"{step}[{s},{solver}]", "grad norm": float("nan"), "min eigenvalue": meta.get("min_eigenvalue", float("nan")),
+                             "max eigenvalue": meta.get("max_eigenvalue", float("nan")), "residual": meta["max_residual"], "note": note})
+    return pd.DataFrame(rows)
+
+
+def write_report(config: dict, results: str, out: str) -> None:
+    """Write ``results/<run>/report.html`` from the validation tables and artifacts of a run."""
+    results_p = Path(results)
+    summary = pd.read_csv(results_p / "validation/summary.csv")
+    lko = pd.read_csv(results_p / "validation/leave_k_out.csv")
+    data = io.load_tensors(results_p / "data/splits.pt")
+    ref = config["validation"]["reference_solver"]
+    target = 0.9
+    parts = [f"<h1>msif report — run <code>{html.escape(config['run'])}</code></h1>",
+             f"<p class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} · msif {msif.__version__} · torch {torch.__version__} · "
+             f"Python {platform.python_version()}</p>"]
+    worst = summary.pearson.min()
+    cls = "ok" if worst >= target else "warn"
+    parts.append(f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
+                 f"leave-k-out removal sets per scenario, Pearson between predicted and actual Δ test loss ranges "
+                 f"{summary.pearson.min():.3f}–{summary.pearson.max():.3f} (Spearman {summary.spearman.min():.3f}–{summary.spearman.max():.3f}); "
+                 f"target ≥ {target}. Scores follow one convention: <i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>")
+    parts.append("<h2>Summary</h2>")
+    parts.append("<p>Each row correlates, over all removal sets (top-k, bottom-k, random-k per test example and k), the first-order "
+                 "prediction Σ<sub>i∈S</sub> score[t, i] with the change of the test loss measured by retraining both stages without S. "
+                 "<i>noise_floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
+                 "(how precisely retraining lands). <i>slope</i>: least-squares actual ≈ slope × predicted through the origin "
+                 "(first-order predictions underestimate larger removals: slope &gt; 1).</p>")
+    parts.append(_table(summary))
+    parts.append("<h2>Predicted vs actual</h2><div class='grid'>")
+    for _, row in summary.iterrows():
+        parts.append(scatter_figure(lko, summary, row.scenario, row.solver, row.noise_floor))
+    parts.append("</div>")
+    by_k = lko.assign(ratio=lko.actual / lko.predicted).groupby(["scenario", "solver", "selection", "k"])["ratio"].median().reset_index()
+    parts.append("<h3>First-order accuracy as k grows</h3><p>Median of actual / predicted per selection and k "
+                 "(1 = exact; random sets have small predictions, so their ratio is noisy).</p>")
+    parts.append(_table(by_k.pivot_table(index=["scenario", "solver", "selection"], columns="k", values="ratio").reset_index()))
+    parts.append("<h2>Curvature and convergence</h2><p>Every Hessian that is inverted should be positive definite at a true minimum "
+                 "(smallest eigenvalue &gt; 0, after damping); a negative one means a saddle, where influence is unreliable. "
+                 "Residual: ‖(H + λI)x − b‖ / ‖b‖ of each stage-wise solve.</p>")
+    parts.append(_table(_diagnostics(results_p, config), "{:.3g}"))
+    parts.append(f"<h2>Top proponents and opponents</h2><p>Pretraining examples whose removal is predicted to raise (proponents, blue) "
+                 f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}. Titles are scores (predicted Δ test loss).</p>")
+    for s in config["scenarios"]:
+        art = io.load_tensors(results_p / f"influence/{s}/{ref}/scores.pt")
+        parts.append(f"<h3>{html.escape(SCENARIO_TITLES.get(s, s))}</h3>")
+        for t in range(min(config["report"]["example_tests"], art["scores"].shape[0])):
+            parts.append(examples_figure(data, art["scores"], art["test_ids"], t, config["report"]["top"]))
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>msif report: {html.escape(config['run'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    io.write_text(out, page)

@@ -1,0 +1,59 @@
+"""Bad configurations fail at start — before any job — naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+from conftest import ROOT, snakemake
+
+from msif.config import ConfigError, check_config
+
+DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def mutate(path: str, value):
+    cfg = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        ("scenarios", ["fixed", "frozen"], r"'frozen' is not one of \['fixed', 'updated'\]"),
+        ("influence.solvers", ["exact", "lissa2"], r"'lissa2' is not one of \['exact', 'cg'\]"),
+        ("influence", KeyError, r"'influence' is a required property"),
+        ("influence.damping", -1.0, r"-1\.0 is less than the minimum of 0"),
+        ("dtype", "float16", r"'float16' is not one of \['float64', 'float32'\]"),
+        ("validation.ks", [5, 700], r"validation\.ks=\[5, 700\]: k=700 exceeds data\.n_pretrain=600"),
+        ("data.finetune_classes", [4, 5, 6], r"data\.finetune_classes=\[4, 5, 6\]: classes \[4\] are also pretraining classes"),
+    ],
+)
+def test_bad_config_fails_at_start_with_named_key(tmp_path, workflow_dir, path, value, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mutate(path, value)))
+    proc = snakemake(workflow_dir, "-n", "--configfile", str(bad), timeout=120)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+
+
+    assert re.search(message, out), out[-3000:]
+    assert not (workflow_dir / "results").exists()
+
+
+def test_check_config_rules():
+    check_config(DEFAULT)
+    with pytest.raises(ConfigError, match=r"finetune\.alpha=0\.0: scenario 'updated' needs alpha > 0"):
+        check_config(mutate("finetune.alpha", 0.0))
+    with pytest.raises(ConfigError, match=r"validation\.reference_solver='cg': allowed one of influence\.solvers=\['exact'\]"):
+        check_config(mutate("validation.reference_solver", "cg") | {"influence": DEFAULT["influence"] | {"solvers": ["exact"]}})

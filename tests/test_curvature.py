@@ -1,0 +1,75 @@
+"""Solvers against the dense oracle on tiny float64 problems."""
+
+import pytest
+import torch
+from oracles import tiny_problem
+from torch.func import hessian
+
+from msif.curvature import Eigh, cg, dense_matrix, exact_solve, hvp, lanczos_extremes, solve
+
+
+@pytest.fixture(scope="module")
+def pretrain_problem():
+    data, model, pt, pt_params, _ = tiny_problem(n=30, hidden=4)
+    return pt, pt_params
+
+
+def test_hvp_and_dense_matrix_equal_autograd_hessian(pretrain_problem):
+    pt, x = pretrain_problem
+    h = hessian(pt)(x)
+    v = torch.randn(x.numel(), 3, dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(hvp(pt, x)(v), h @ v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dense_matrix(hvp(pt, x), x.numel(), x, chunk=5), h, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("damping", [0.0, 1e-2])
+def test_exact_and_cg_solve_many_right_hand_sides(pretrain_problem, damping):
+    pt, x = pretrain_problem
+    h = hessian(pt)(x) + damping * torch.eye(x.numel(), dtype=x.dtype)
+    b = torch.randn(x.numel(), 4, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+    truth = torch.linalg.solve(h, b)
+    ex = exact_solve(hvp(pt, x), b, damping)
+    torch.testing.assert_close(ex.x, truth, rtol=1e-8, atol=1e-10)
+    assert ex.residual.shape == (4,) and ex.residual.max() < 1e-10
+    sol = cg(hvp(pt, x), b, damping, tol=1e-12, max_iter=500)
+    torch.testing.assert_close(sol.x, truth, rtol=1e-6, atol=1e-8)
+    assert sol.info["converged"] and sol.residual.max() <= 1e-11
+
+
+def test_cg_reports_non_convergence(pretrain_problem):
+    pt, x = pretrain_problem
+    b = torch.ones(x.numel(), 2, dtype=x.dtype)
+    sol = cg(hvp(pt, x), b, tol=1e-12, max_iter=2)
+    assert not sol.info["converged"]
+    assert sol.residual.min() > 1e-6
+
+
+def test_cg_flags_negative_curvature():
+    h = torch.diag(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    sol = cg(lambda v: h @ v, torch.ones(3, 1, dtype=torch.float64), tol=1e-12, max_iter=50)
+    assert sol.info["negative_curvature"]
+
+
+def test_exact_refuses_indefinite_matrix():
+    h = torch.diag(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="not positive definite.*smallest eigenvalue -2"):
+        exact_solve(lambda v: h @ v, torch.ones(3, 1, dtype=torch.float64))
+    out = exact_solve(lambda v: h @ v, torch.ones(3, 1, dtype=torch.float64), damping=2.5)
+    assert out.info["min_eigenvalue"] == pytest.approx(-2.0)
+
+
+def test_lanczos_extremes_match_eigvalsh(pretrain_problem):
+    pt, x = pretrain_problem
+    ev = torch.linalg.eigvalsh(hessian(pt)(x))
+    lo, hi = lanczos_extremes(hvp(pt, x), x.numel(), x, iters=x.numel())
+    assert lo == pytest.approx(float(ev[0]), rel=1e-6, abs=1e-9)
+    assert hi == pytest.approx(float(ev[-1]), rel=1e-8)
+
+
+def test_solve_dispatch_names_allowed_solvers(pretrain_problem):
+    pt, x = pretrain_problem
+    with pytest.raises(ValueError, match=r"solver='newton'.*\['exact', 'cg'\]"):
+        solve("newton", hvp(pt, x), torch.ones(x.numel(), 1, dtype=x.dtype), 0.0)
+    e = Eigh.of(hvp(pt, x), x.numel(), x)
+    out = solve("exact", hvp(pt, x), torch.ones(x.numel(), 1, dtype=x.dtype), 0.0, eigh=e)
+    assert out.residual.max() < 1e-10

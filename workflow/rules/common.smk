@@ -1,0 +1,69 @@
+import math
+
+from snakemake.utils import min_version, validate
+
+import msif
+from msif.config import check_config
+
+min_version("9.0")
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)
+
+RESULTS = f"results/{config['run']}"
+LOGS = f"logs/{config['run']}"
+VERSION = msif.__version__
+
+
+wildcard_constraints:
+    scenario="|".join(config["scenarios"]),
+    solver="|".join(config["influence"]["solvers"]),
+    batch=r"\d+",
+    rep=r"\d+",
+
+
+def cfg(*keys):
+    """The config keys (dotted paths) a rule depends on, as a nested dict: the rule's params.
+
+    Snakemake reruns a job when its params change, so a rule sees only what it uses and editing
+    another key does not rerun it.
+    """
+    out = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        src, dst = config, out
+        for p in parents:
+            src, dst = src[p], dst.setdefault(p, {})
+        dst[leaf] = src[leaf]
+    return out
+
+
+TRAIN_KEYS = ("seed", "dtype", "device", "data", "model", "pretrain", "training")
+FINETUNE_KEYS = TRAIN_KEYS + ("finetune",)
+SOLVE_KEYS = FINETUNE_KEYS + tuple(
+    f"influence.{k}"
+    for k in ("n_test", "damping", "max_residual", "fail_on_bad_solve", "cg")
+)
+SCORE_KEYS = SOLVE_KEYS + ("influence.batch_size",)
+RETRAIN_KEYS = FINETUNE_KEYS + ("influence.n_test", "retraining")
+SET_KEYS = ("seed",) + tuple(
+    f"validation.{k}" for k in ("ks", "selections", "sets_per_job")
+)
+
+
+def n_batches():
+    v = config["validation"]
+    n_sets = config["influence"]["n_test"] * len(v["selections"]) * len(v["ks"])
+    return math.ceil(n_sets / v["sets_per_job"])
+
+
+def hessian_input(wildcards):
+    """The dense pretraining Hessian is an input of the exact solver only."""
+    if wildcards.solver == "exact":
+        return f"{RESULTS}/influence/pretrain_hessian.pt"
+    return []
+
+
+def scores_for(scenario):
+    return {s: f"{RESULTS}/influence/{scenario}/{s}/scores.pt" for s in config["influence"]["solvers"]}

@@ -1,0 +1,95 @@
+rule finetune_ihvp:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+        finetune=rules.finetune.output.pt,
+    output:
+        pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/finetune_ihvp.pt",
+        meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/finetune_ihvp.pt.json",
+    params:
+        cfg=cfg(*SOLVE_KEYS),
+        version=VERSION,
+    log:
+        f"{LOGS}/influence/{{scenario}}_{{solver}}_finetune_ihvp.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_finetune_ihvp.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    script:
+        "../scripts/finetune_ihvp.py"
+
+
+rule pretrain_hessian:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+    output:
+        pt=f"{RESULTS}/influence/pretrain_hessian.pt",
+        meta=f"{RESULTS}/influence/pretrain_hessian.pt.json",
+    params:
+        cfg=cfg(*TRAIN_KEYS, "influence.damping"),
+        version=VERSION,
+    log:
+        f"{LOGS}/influence/pretrain_hessian.log",
+    benchmark:
+        f"{LOGS}/benchmarks/pretrain_hessian.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    script:
+        "../scripts/pretrain_hessian.py"
+
+
+rule pretrain_ihvp:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+        finetune=rules.finetune.output.pt,
+        finetune_ihvp=rules.finetune_ihvp.output.pt,
+        hessian=hessian_input,
+    output:
+        pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/pretrain_ihvp.pt",
+        meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/pretrain_ihvp.pt.json",
+    params:
+        cfg=cfg(*SOLVE_KEYS),
+        version=VERSION,
+    log:
+        f"{LOGS}/influence/{{scenario}}_{{solver}}_pretrain_ihvp.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_pretrain_ihvp.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    script:
+        "../scripts/pretrain_ihvp.py"
+
+
+rule scores:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+        pretrain_ihvp=rules.pretrain_ihvp.output.pt,
+    output:
+        pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt",
+        meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt.json",
+    params:
+        cfg=cfg(*SCORE_KEYS),
+        version=VERSION,
+    log:
+        f"{LOGS}/influence/{{scenario}}_{{solver}}_scores.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_scores.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    script:
+        "../scripts/scores.py"

@@ -1,0 +1,60 @@
+rule prepare_data:
+    output:
+        pt=f"{RESULTS}/data/splits.pt",
+        meta=f"{RESULTS}/data/splits.pt.json",
+    params:
+        cfg=cfg("seed", "data"),
+        version=VERSION,
+    log:
+        f"{LOGS}/prepare_data.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule pretrain:
+    input:
+        data=rules.prepare_data.output.pt,
+    output:
+        pt=f"{RESULTS}/train/pretrain.pt",
+        meta=f"{RESULTS}/train/pretrain.pt.json",
+    params:
+        cfg=cfg(*TRAIN_KEYS),
+        version=VERSION,
+    log:
+        f"{LOGS}/pretrain.log",
+    benchmark:
+        f"{LOGS}/benchmarks/pretrain.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,
+    script:
+        "../scripts/pretrain.py"
+
+
+rule finetune:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+    output:
+        pt=f"{RESULTS}/train/finetune_{{scenario}}.pt",
+        meta=f"{RESULTS}/train/finetune_{{scenario}}.pt.json",
+    params:
+        cfg=cfg(*FINETUNE_KEYS),
+        version=VERSION,
+    log:
+        f"{LOGS}/finetune_{{scenario}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/finetune_{{scenario}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from msif import steps
+from msif.logs import job
+
+with job(snakemake.log[0], snakemake.threads):
+    i, scenarios = snakemake.input, snakemake.params.scenarios
+    of = lambda files, s: [f for f in files if f"/{s}/" in f]  # noqa: E731
+    steps.run_compare(
+        snakemake.params,
+        scores_paths={s: {Path(f).parent.name: f for f in of(i.scores, s)} for s in scenarios},
+        sets_paths={s: of(i.sets, s)[0] for s in scenarios},
+        retrain_paths={s: of(i.retrain, s) for s in scenarios},
+        noise_paths={s: of(i.noise, s) for s in scenarios},
+        leave_k_out_out=snakemake.output.leave_k_out,
+        summary_out=snakemake.output.summary,
+    )

@@ -29,7 +29,7 @@ def _experiment(config: dict, data_path: str) -> Experiment:
 
 
 def _train_args(config: dict) -> dict:
-    return {k: config[k] for k in ("seed", "dtype", "data", "model", "pretrain", "training")}
+    return {k: config[k] for k in ("seed", "dtype", "experiment", "data", "model", "pretrain", "training")}
 
 
 def _finetune_args(config: dict, scenario: str) -> dict:
@@ -47,8 +47,9 @@ def _check_curvature(name: str, min_eig: float, damping: float) -> None:
 def prepare_data(config: dict, out: str) -> None:
     data = load_data(config)
     sizes = {s: len(getattr(data, s)) for s in data.SPLITS}
-    log.info("data %s: %s", config["data"]["name"], sizes)
-    io.save_tensors(out, data.state_dict(), args={"seed": config["seed"], "data": config["data"]}, sizes=sizes)
+    log.info("data %s: %s", config["experiment"], sizes)
+    io.save_tensors(out, data.state_dict(), args={"seed": config["seed"], "experiment": config["experiment"], "data": config["data"]},
+                    sizes=sizes)
 
 
 def _minimum(name: str, fun, x0: torch.Tensor, config: dict) -> tuple[torch.Tensor, dict]:

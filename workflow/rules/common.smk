@@ -39,7 +39,7 @@ def cfg(*keys):
     return out
 
 
-TRAIN_KEYS = ("seed", "dtype", "device", "data", "model", "pretrain", "training")
+TRAIN_KEYS = ("seed", "dtype", "device", "experiment", "data", "model", "pretrain", "training")
 FINETUNE_KEYS = TRAIN_KEYS + ("finetune",)
 SOLVE_KEYS = FINETUNE_KEYS + tuple(
     f"influence.{k}"

@@ -3,7 +3,7 @@ rule prepare_data:
         pt=f"{RESULTS}/data/splits.pt",
         meta=f"{RESULTS}/data/splits.pt.json",
     params:
-        cfg=cfg("seed", "data"),
+        cfg=cfg("seed", "experiment", "data"),
         version=VERSION,
     log:
         f"{LOGS}/prepare_data.log",

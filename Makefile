@@ -1,0 +1,42 @@
+# The two commands of the README:  `make run` (set up, then the default workflow end to end)
+# and `make test` (set up, then the test suite). Everything else is a convenience.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+PROFILE ?= workflow/profiles/default
+ARGS ?=
+PYTEST_ARGS ?=
+# Extra pip arguments for the torch install (e.g. another index for a CUDA build).
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup run test lint dry-run report clean
+
+# The pinned CPU torch goes in first; every later install is constrained to keep it.
+$(VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements-dev.txt envs/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PY) -m pip install --quiet -r envs/requirements.txt -r envs/requirements-dev.txt -c envs/constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "import torch, snakemake, msif; print('msif', msif.__version__, '| torch', torch.__version__)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(SNAKEMAKE) --profile $(PROFILE) $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests workflow/scripts
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(SNAKEMAKE) --lint
+	$(SNAKEMAKE) -n --quiet
+
+dry-run: setup
+	$(SNAKEMAKE) --profile $(PROFILE) -n $(ARGS)
+
+clean:
+	rm -rf results logs .snakemake

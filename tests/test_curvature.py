@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-from oracles import tiny_problem
 from torch.func import hessian
 
 from msif.curvature import Eigh, cg, dense_matrix, exact_solve, hvp, lanczos_extremes, solve
+from oracles import tiny_problem
 
 
 @pytest.fixture(scope="module")
 def pretrain_problem():
-    data, model, pt, pt_params, _ = tiny_problem(n=30, hidden=4)
+    _, _, pt, pt_params, _ = tiny_problem(n=30, hidden=4)
     return pt, pt_params
 
 
@@ -52,7 +52,7 @@ def test_cg_flags_negative_curvature():
 
 def test_exact_refuses_indefinite_matrix():
     h = torch.diag(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
-    with pytest.raises(ValueError, match="not positive definite.*smallest eigenvalue -2"):
+    with pytest.raises(ValueError, match=r"not positive definite.*smallest eigenvalue -2"):
         exact_solve(lambda v: h @ v, torch.ones(3, 1, dtype=torch.float64))
     out = exact_solve(lambda v: h @ v, torch.ones(3, 1, dtype=torch.float64), damping=2.5)
     assert out.info["min_eigenvalue"] == pytest.approx(-2.0)

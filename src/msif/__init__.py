@@ -3,7 +3,14 @@
 The sign convention (method.md, one everywhere): a score is the *removal effect*
 ``score[t, i] = f_t(trained without z_i) - f_t(trained with all)``, predicted to first order,
 with the 1/n in it, stored with shape ``(n_test, n_pretrain)``.
+
+The public API is imported lazily (``import msif`` stays light, so the Snakefile parses fast):
+``msif.multi_stage_influence``, ``msif.Plugin``, ``msif.TwoStageData``, ``msif.TwoStageModel``, ...
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
@@ -11,3 +18,30 @@ SCORE_CONVENTION = (
     "removal effect: score[t, i] ~= test_loss_t(without z_i) - test_loss_t(with all), "
     "first order, 1/n included, shape (n_test, n_pretrain); positive = proponent (helpful)"
 )
+
+_API = {
+    "Split": "msif.data",
+    "TwoStageData": "msif.data",
+    "TwoStageModel": "msif.models",
+    "mlp_model": "msif.models",
+    "PretrainObjective": "msif.objectives",
+    "FinetuneObjective": "msif.objectives",
+    "minimize": "msif.training",
+    "multi_stage_influence": "msif.influence",
+    "MultiStageResult": "msif.influence",
+    "Solve": "msif.curvature",
+    "solve": "msif.curvature",
+    "Plugin": "msif.experiment",
+    "Experiment": "msif.experiment",
+    "retrain_both_stages": "msif.retraining",
+    "removal_sets": "msif.validation",
+    "correlations": "msif.validation",
+}
+
+__all__ = ["SCORE_CONVENTION", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'msif' has no attribute {name!r}")

@@ -9,9 +9,11 @@ see plain tensors.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -49,15 +51,25 @@ class ParamSpec:
         return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 
 
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy, unreduced: the default loss of both stages."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
 class TwoStageModel:
     """Body ``W`` shared by a pretraining head ``U`` and a finetuning head ``Θ``.
 
     ``pt_logits(w, u, x)`` = U(W(x)); ``ft_logits(w, theta, x)`` = Θ(W(x)). All parameters are
     flat vectors; :meth:`init_params` draws them from the modules' default initialisation.
+    ``pt_loss`` / ``ft_loss`` map (outputs, targets) to **unreduced** per-example losses (default
+    cross-entropy); msif owns the mean and the 1/n.
     """
 
-    def __init__(self, body: nn.Module, pt_head: nn.Module, ft_head: nn.Module):
+    def __init__(self, body: nn.Module, pt_head: nn.Module, ft_head: nn.Module,
+                 pt_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
+                 ft_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy):
         self.body, self.pt_head, self.ft_head = body, pt_head, ft_head
+        self.pt_loss, self.ft_loss = pt_loss, ft_loss
         self.w_spec, self.u_spec, self.theta_spec = (ParamSpec.of(m) for m in (body, pt_head, ft_head))
 
     def features(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ keeps the denominator n, so retraining realises exactly the ε = −1/n that a s
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from msif.data import Split
 from msif.models import TwoStageModel
@@ -22,12 +21,12 @@ SCENARIOS = ("fixed", "updated")
 
 def pretrain_losses(model: TwoStageModel, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example pretraining losses ``l(z_i; W, U)``, unreduced, shape (n,)."""
-    return F.cross_entropy(model.pt_logits(w, u, x), y, reduction="none")
+    return model.pt_loss(model.pt_logits(w, u, x), y)
 
 
 def finetune_losses(model: TwoStageModel, w: torch.Tensor, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example finetuning (and test) losses ``l(x_j; Θ, W)``, unreduced, shape (m,)."""
-    return F.cross_entropy(model.ft_logits(w, theta, x), y, reduction="none")
+    return model.ft_loss(model.ft_logits(w, theta, x), y)
 
 
 class PretrainObjective:

@@ -1,0 +1,108 @@
+"""The public API as documented: the README example runs, plug-ins fail with useful messages, the CLI."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import ROOT
+
+from msif import cli
+from msif.data import Split, TwoStageData
+from msif.experiment import Plugin, PluginError, build_model, get_plugin, load_data
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_example_runs_and_means_what_it_says(capsys):
+    blocks = readme_python_blocks()
+    assert blocks, "README lost its Python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "torch.Size([3, 120])"
+    assert out[1] == "True"
+    scores = namespace["result"].scores
+    assert namespace["proponent"] == int(scores[0].argmax()) and scores[0].max() > 0
+
+
+# --- plug-ins -------------------------------------------------------------------------------------
+
+def good_plugin() -> Plugin:
+    return get_plugin("digits")
+
+
+def raising_plugin():
+    raise RuntimeError("cannot reach the data")
+
+
+def wrong_type_plugin():
+    return {"load_data": None}
+
+
+def _bad_shapes(config):
+    data = get_plugin("digits").load_data(config)
+    return TwoStageData(data.pretrain, data.pretrain_test, Split(data.finetune.x, data.finetune.y[:-1], data.finetune.ids), data.finetune_test)
+
+
+def bad_shapes_plugin() -> Plugin:
+    return Plugin("bad_shapes", _bad_shapes, get_plugin("digits").build_model)
+
+
+def bad_model_plugin() -> Plugin:
+    from msif.models import mlp_model
+
+    return Plugin("bad_model", get_plugin("digits").load_data, lambda config, data: mlp_model(64, [4], 7, 2))
+
+
+DIGITS = {"seed": 0, "experiment": "digits", "data": {"pretrain_classes": [0, 1], "finetune_classes": [2, 3], "n_pretrain": 50, "n_finetune": 40},
+          "model": {"hidden": [4], "activation": "tanh"}}
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("no_such_module:plugin", r"cannot import 'plugin' from 'no_such_module'"),
+        ("test_api:missing", r"cannot import 'missing' from 'test_api'"),
+        ("test_api:raising_plugin", r"experiment plug-in test_api:raising_plugin\(\) raised RuntimeError: cannot reach the data"),
+        ("test_api:wrong_type_plugin", r"returned dict; expected msif.Plugin"),
+        ("mnist", r"experiment='mnist': allowed \['digits'\]"),
+    ],
+)
+def test_plugin_lookup_errors_name_the_function(name, message):
+    with pytest.raises(PluginError, match=message):
+        get_plugin(name)
+
+
+def test_plugin_wrong_shapes_are_named():
+    with pytest.raises(PluginError, match=r"bad_shapes.load_data: split 'finetune' has x \(40, 64\), y \(39,\).*expected x \(N, \.\.\.\), y \(N,\)"):
+        load_data(DIGITS | {"experiment": "test_api:bad_shapes_plugin"})
+    cfg = DIGITS | {"experiment": "test_api:bad_model_plugin"}
+    with pytest.raises(PluginError, match=r"bad_model.build_model: heads return logits of shapes \(\(2, 7\), \(2, 2\)\).*expected \(\(2, 2\), \(2, 2\)\)"):
+        build_model(cfg, load_data(cfg))
+
+
+def test_good_plugin_builds_a_model():
+    data = load_data(DIGITS | {"experiment": "test_api:good_plugin"})
+    model = build_model(DIGITS, data)
+    assert model.w_spec.numel == 64 * 4 + 4
+    assert torch.equal(data.pretrain.ids, load_data(DIGITS).pretrain.ids)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def test_cli_validate_config(tmp_path, capsys):
+    assert cli.main(["validate-config", str(ROOT / "config/config.yaml")]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "config/config.yaml").read_text().replace("ks: [5, 10, 20, 40]", "ks: [5, 10, 20, 4000]"))
+    assert cli.main(["validate-config", str(bad)]) == 1
+    assert "validation.ks=[5, 10, 20, 4000]: k=4000 exceeds data.n_pretrain=600" in capsys.readouterr().err
+
+
+def test_cli_info(capsys):
+    assert cli.main(["info", "--config", str(ROOT / "config/config.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "msif 0.1.0" in out and "removal effect" in out and "experiment=digits" in out

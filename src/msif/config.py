@@ -6,9 +6,14 @@ Imports nothing heavy (no torch), so the Snakefile parses fast on every cluster 
 from __future__ import annotations
 
 import importlib.util
+import math
 
 # Names of the built-in experiment plug-ins (msif.experiment.REGISTRY holds the same names).
 BUILTIN_EXPERIMENTS = ("digits",)
+
+# Examples per class (0..9) of scikit-learn's bundled digits, so split sizes are checked at start
+# without loading the data (a test checks these against sklearn).
+DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 
 
 class ConfigError(ValueError):
@@ -30,8 +35,38 @@ def check_experiment(name: str) -> None:
         raise ConfigError(f"experiment={name!r}: module {module!r} is not importable (is it installed or on PYTHONPATH?)")
 
 
+def check_finite(node, path: str = "") -> None:
+    """Every number in the config is finite (a JSON schema's bounds let NaN and often Inf through)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_finite(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_finite(value, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{path}={node}: must be a finite number")
+
+
+def check_digits_sizes(config: dict) -> None:
+    """Split sizes of the built-in digits experiment, computed from the class counts (no data loaded)."""
+    d, n_test = config["data"], config["influence"]["n_test"]
+    sizes = {}
+    for stage in ("pretrain", "finetune"):
+        classes, n = d[f"{stage}_classes"], d[f"n_{stage}"]
+        total = sum(DIGITS_CLASS_COUNTS[c] for c in classes)
+        lo, hi = len(classes), total - len(classes)
+        if not lo <= n <= hi:
+            raise ConfigError(f"data.n_{stage}={n}: classes {classes} have {total} digits examples; allowed {lo}..{hi} "
+                              "(every class needs an example in the training and in the test split)")
+        sizes[stage] = total - n
+    if n_test > sizes["finetune"]:
+        raise ConfigError(f"influence.n_test={n_test} exceeds the finetuning test split ({sizes['finetune']} examples: classes "
+                          f"{d['finetune_classes']} minus data.n_finetune={d['n_finetune']}); allowed 1..{sizes['finetune']}")
+
+
 def check_config(config: dict) -> None:
     """Raise :class:`ConfigError` on the first violated cross-key rule."""
+    check_finite(config)
     check_experiment(config["experiment"])
     d, v, inf = config["data"], config["validation"], config["influence"]
     overlap = sorted(set(d.get("pretrain_classes", [])) & set(d.get("finetune_classes", [])))
@@ -46,3 +81,11 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"validation.reference_solver={v['reference_solver']!r}: allowed one of influence.solvers={inf['solvers']}")
     if "updated" in config["scenarios"] and not config["finetune"]["alpha"] > 0:
         raise ConfigError(f"finetune.alpha={config['finetune']['alpha']}: scenario 'updated' needs alpha > 0")
+    r = config["report"]
+    if r["example_tests"] > inf["n_test"]:
+        raise ConfigError(f"report.example_tests={r['example_tests']}: exceeds influence.n_test={inf['n_test']}; "
+                          f"allowed 0..{inf['n_test']}")
+    if r["top"] > d.get("n_pretrain", math.inf):
+        raise ConfigError(f"report.top={r['top']}: exceeds data.n_pretrain={d['n_pretrain']}; allowed 1..{d['n_pretrain']}")
+    if config["experiment"] == "digits":
+        check_digits_sizes(config)

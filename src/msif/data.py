@@ -64,6 +64,51 @@ def check_inputs(name: str, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(f"{name}: non-finite (NaN/Inf) inputs at example ids {bad[:20].tolist()}")
 
 
+def _ids(split: Split, mask: torch.Tensor) -> list[int]:
+    return split.ids[mask.cpu()][:20].tolist()
+
+
+def check_split(name: str, split: Split, n_classes: int | None = None) -> None:
+    """One split's data before training: matching lengths, finite inputs, integer labels in
+    ``0..n_classes-1``, unique ids. :class:`DataError` names the split and the offending example ids."""
+    if not len(split.x) == len(split.y) == len(split.ids):
+        raise DataError(f"{name}: {len(split.x)} inputs, {len(split.y)} labels and {len(split.ids)} ids; they must match")
+    if len(split) == 0:
+        raise DataError(f"{name}: no examples")
+    if split.x.is_floating_point() or split.x.is_complex():
+        bad = ~torch.isfinite(split.x.reshape(len(split), -1)).all(dim=1)
+        if bad.any():
+            raise DataError(f"{name}: non-finite (NaN/Inf) inputs at example ids {_ids(split, bad)} ({int(bad.sum())} examples)")
+    if split.y.is_floating_point() or split.y.dtype == torch.bool:
+        raise DataError(f"{name}: labels have dtype {split.y.dtype}; expected integer class indices")
+    bad = (split.y < 0) | (split.y >= n_classes) if n_classes is not None else split.y < 0
+    if bad.any():
+        allowed = f"0..{n_classes - 1}" if n_classes is not None else "0, 1, ..."
+        raise DataError(f"{name}: labels {sorted(set(split.y[bad].tolist()))} outside {allowed} at example ids {_ids(split, bad)}")
+    uniq, counts = torch.unique(split.ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{name}: duplicate example ids {uniq[counts > 1][:20].tolist()}")
+
+
+def check_two_stage(name: str, data: TwoStageData) -> None:
+    """Every split of both stages (:func:`check_split`), every class present in each training split, and
+    one input shape per stage. Runs on any experiment's data before anything is trained."""
+    for stage in ("pretrain", "finetune"):
+        train, test = getattr(data, stage), getattr(data, f"{stage}_test")
+        check_split(f"{name}/{stage}", train)
+        n_classes = int(train.y.max()) + 1
+        missing = sorted(set(range(n_classes)) - set(train.y.tolist()))
+        if missing:
+            raise DataError(f"{name}/{stage}: classes {missing} of 0..{n_classes - 1} have no training examples")
+        check_split(f"{name}/{stage}_test", test, n_classes)
+        if train.x.shape[1:] != test.x.shape[1:]:
+            raise DataError(f"{name}: {stage} inputs have shape {tuple(train.x.shape[1:])} but {stage}_test inputs "
+                            f"{tuple(test.x.shape[1:])}")
+    if data.pretrain.x.shape[1:] != data.finetune.x.shape[1:]:
+        raise DataError(f"{name}: pretrain inputs have shape {tuple(data.pretrain.x.shape[1:])} but finetune inputs "
+                        f"{tuple(data.finetune.x.shape[1:])}; both stages share the body W")
+
+
 def split_by_classes(
     name: str, x: np.ndarray, y: np.ndarray, classes: list[int], n_train: int, rng: np.random.Generator
 ) -> tuple[Split, Split]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from msif.config import BUILTIN_EXPERIMENTS
-from msif.data import TwoStageData, load_digits_two_stage
+from msif.data import DataError, TwoStageData, check_two_stage, load_digits_two_stage
 from msif.models import TwoStageModel, mlp_model
 from msif.objectives import FinetuneObjective, PretrainObjective
 
@@ -80,6 +80,8 @@ def load_data(config: dict) -> TwoStageData:
     plugin = get_plugin(config["experiment"])
     try:
         data = plugin.load_data(config)
+    except DataError:
+        raise
     except Exception as err:
         raise PluginError(f"{plugin.name}.load_data(config) raised {type(err).__name__}: {err}") from err
     if not isinstance(data, TwoStageData):
@@ -89,6 +91,7 @@ def load_data(config: dict) -> TwoStageData:
         if not (len(s.x) == len(s.y) == len(s.ids)) or s.y.ndim != 1:
             raise PluginError(f"{plugin.name}.load_data: split {split!r} has x {tuple(s.x.shape)}, y {tuple(s.y.shape)}, "
                               f"ids {tuple(s.ids.shape)}; expected x (N, ...), y (N,), ids (N,)")
+    check_two_stage(plugin.name, data)
     return data
 
 

@@ -14,7 +14,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         f"{RESULTS}/report.html",
         f"{RESULTS}/validation/summary.csv",
-    default_target: True

@@ -18,15 +18,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+import yaml
 
-import msif  # noqa: E402
-from msif import io  # noqa: E402
+import msif
+from msif import io
 
 SCENARIO_TITLES = {"fixed": "Scenario A — W fixed during finetuning", "updated": "Scenario B — W updated (proximal α)"}
 
@@ -84,10 +84,46 @@ def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solv
     return _png(fig)
 
 
+def methods_figure(summary: pd.DataFrame) -> str:
+    """Pearson (leave-k-out) and LDS per method and scenario, with bootstrap 95% intervals."""
+    metrics = [("pearson", "leave-k-out Pearson")] + ([("lds", "LDS (Spearman)")] if summary["lds"].notna().any() else [])
+    d = summary[(summary.method != "multi_stage") | (summary.solver == summary.solver.iloc[0])]
+    order = list(dict.fromkeys(["multi_stage", *d.method]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.55 * len(order) * d.scenario.nunique() + 1.2), squeeze=False)
+    for ax, (col, label) in zip(axes[0], metrics, strict=True):
+        for j, (scenario, g) in enumerate(d.groupby("scenario")):
+            g = g.set_index("method").reindex(order)
+            y = np.arange(len(order)) + (j - 0.5) * 0.3
+            lo, hi = g[f"{col}_lo"], g[f"{col}_hi"]
+            err = np.vstack([(g[col] - lo).clip(lower=0), (hi - g[col]).clip(lower=0)]) if lo.notna().any() else None
+            ax.errorbar(g[col], y, xerr=err, fmt="o", capsize=3, label=scenario)
+        ax.set_yticks(np.arange(len(order)), order)
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.set(xlabel=label, xlim=(-1.02, 1.02))
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def as_image(x: torch.Tensor) -> torch.Tensor | None:
+    """An input drawn as a 2-D image: square vectors, (H, W), or (C, H, W) averaged over channels."""
+    if x.ndim == 1:
+        side = round(x.numel() ** 0.5)
+        return x.reshape(side, side) if side * side == x.numel() else None
+    if x.ndim == 2:
+        return x
+    if x.ndim == 3:
+        return x.mean(0)
+    return None
+
+
 def examples_figure(data: dict, scores: torch.Tensor, test_ids: torch.Tensor, t: int, top: int) -> str:
     """A test image beside its top proponents (highest scores) and opponents (lowest), with scores."""
-    x_test = data["finetune_test.x"][t].reshape(8, 8)
-    x_pt = data["pretrain.x"].reshape(-1, 8, 8)
+    x_test = as_image(data["finetune_test.x"][t])
+    if x_test is None:
+        return "<p class='muted'>(inputs are not images; see <code>msif show-top</code>)</p>"
+    x_pt = [as_image(x) for x in data["pretrain.x"]]
     order = torch.argsort(scores[t], descending=True)
     picks = [("proponent", i) for i in order[:top].tolist()] + [("opponent", i) for i in order[-top:].flip(0).tolist()]
     fig, axes = plt.subplots(2, top + 1, figsize=(1.25 * (top + 1), 3.0))
@@ -125,6 +161,32 @@ def _diagnostics(results: Path, config: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary with intervals folded into one readable cell per metric."""
+    def ci(v, lo, hi):
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else (f"{v:.3f}" if np.isfinite(v) else "—")
+
+    return pd.DataFrame({
+        "scenario": df.scenario, "method": df.method, "solver": df.solver,
+        "Pearson [95% CI]": [ci(*r) for r in zip(df.pearson, df.pearson_lo, df.pearson_hi, strict=True)],
+        "Spearman": [f"{v:.3f}" for v in df.spearman],
+        "LDS [95% CI]": [ci(*r) for r in zip(df.lds, df.lds_lo, df.lds_hi, strict=True)],
+        "sets": df.n_sets.astype(str), "noise floor": [f"{v:.2e}" for v in df.noise_floor], "slope": [f"{v:.2f}" for v in df.slope],
+    })
+
+
+def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
+    """A warning listing the leave-k-out rows whose ``flag`` is not ``ok`` (msif.health); empty when none."""
+    if "flag" not in lko or (lko["flag"] == "ok").all():
+        return ""
+    bad = lko[lko["flag"] != "ok"]
+    cols = [c for c in ("scenario", "method", "solver", "test_id", "selection", "k", "predicted", "actual", "flag") if c in bad]
+    more = f" (first {limit} shown)" if len(bad) > limit else ""
+    return (f"<div class='verdict warn'><b>{len(bad)} of {len(lko)} leave-k-out rows are flagged</b>{more}: a numerical problem "
+            "upstream of them (training not converged, a saddle, a bad solve, a retraining that diverged). They are kept in "
+            "the tables and plots; judge them with care.</div>" + _table(bad[cols].head(limit)))
+
+
 def write_report(config: dict, results: str, out: str) -> None:
     """Write ``results/<run>/report.html`` from the validation tables and artifacts of a run."""
     results_p = Path(results)
@@ -136,22 +198,35 @@ def write_report(config: dict, results: str, out: str) -> None:
     parts = [f"<h1>msif report — run <code>{html.escape(config['run'])}</code></h1>",
              f"<p class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} · msif {msif.__version__} · torch {torch.__version__} · "
              f"Python {platform.python_version()}</p>"]
-    worst = summary.pearson.min()
+    ms = summary[summary.method == "multi_stage"]
+    worst = ms.pearson.min()
     cls = "ok" if worst >= target else "warn"
     parts.append(f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
                  f"leave-k-out removal sets per scenario, Pearson between predicted and actual Δ test loss ranges "
-                 f"{summary.pearson.min():.3f}–{summary.pearson.max():.3f} (Spearman {summary.spearman.min():.3f}–{summary.spearman.max():.3f}); "
+                 f"{ms.pearson.min():.3f}–{ms.pearson.max():.3f} (Spearman {ms.spearman.min():.3f}–{ms.spearman.max():.3f}); "
                  f"target ≥ {target}. Scores follow one convention: <i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>")
+    parts.append(flagged_rows(lko))
     parts.append("<h2>Summary</h2>")
     parts.append("<p>Each row correlates, over all removal sets (top-k, bottom-k, random-k per test example and k), the first-order "
-                 "prediction Σ<sub>i∈S</sub> score[t, i] with the change of the test loss measured by retraining both stages without S. "
-                 "<i>noise_floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
+                 "prediction Σ<sub>i∈S</sub> score[t, i] with the change of the test loss measured by retraining both stages without S; "
+                 "[lo, hi] are bootstrap 95% intervals over removal sets. <i>LDS</i>: Spearman between predicted and actual test-loss "
+                 "changes across random subsets holding half the pretraining set, averaged over test examples. "
+                 "<i>noise floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
                  "(how precisely retraining lands). <i>slope</i>: least-squares actual ≈ slope × predicted through the origin "
                  "(first-order predictions underestimate larger removals: slope &gt; 1).</p>")
-    parts.append(_table(summary))
+    parts.append(_table(_summary_view(summary[summary.method == "multi_stage"])))
+    if (summary.method != "multi_stage").any():
+        parts.append("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
+                     "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
+                     "gradient dot product, no Hessian; <i>representation</i>: cosine similarity of pretrained features; <i>random</i>. "
+                     "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
+                     "is the fair comparison.</p>")
+        parts.append(methods_figure(summary))
+        parts.append(_table(_summary_view(summary.sort_values(["scenario", "lds", "pearson"], ascending=[True, False, False]))))
     parts.append("<h2>Predicted vs actual</h2><div class='grid'>")
-    for _, row in summary.iterrows():
-        parts.append(scatter_figure(lko, summary, row.scenario, row.solver, row.noise_floor))
+    lko = lko[lko.method == "multi_stage"] if "method" in lko else lko
+    for _, row in summary[summary.method == "multi_stage"].iterrows():
+        parts.append(scatter_figure(lko, summary[summary.method == "multi_stage"], row.scenario, row.solver, row.noise_floor))
     parts.append("</div>")
     by_k = lko.assign(ratio=lko.actual / lko.predicted).groupby(["scenario", "solver", "selection", "k"])["ratio"].median().reset_index()
     parts.append("<h3>First-order accuracy as k grows</h3><p>Median of actual / predicted per selection and k "

@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 import msif
-from msif import io
+from msif import health, io
 from msif.curvature import Eigh, hvp, lanczos_extremes
-from msif.data import TwoStageData
+from msif.data import DataError, TwoStageData
 from msif.experiment import Experiment, load_data
 from msif.influence import cross_stage_vector, finetune_ihvp, pretrain_ihvp, removal_effect, upweight_influence
+from msif.operators import Stage
 from msif.retraining import retrain_both_stages, test_losses
-from msif.training import minimize
+from msif.training import TrainingError, minimize
 
 log = logging.getLogger("msif")
 
 
 def _experiment(config: dict, data_path: str) -> Experiment:
-    return Experiment.from_config(config, TwoStageData.from_state_dict(io.load_tensors(data_path)))
+    return Experiment.from_config(config, TwoStageData.from_state_dict(io.load_tensors(data_path, _data_args(config))))
+
+
+def _data_args(config: dict) -> dict:
+    return {k: config[k] for k in ("seed", "experiment", "data")}
 
 
 def _train_args(config: dict) -> dict:
@@ -44,22 +50,29 @@ def _check_curvature(name: str, min_eig: float, damping: float) -> None:
         log.info("%s: smallest eigenvalue %.3e", name, min_eig)
 
 
-def prepare_data(config: dict, out: str) -> None:
+def prepare_data(config: dict, out: str, n_test: int | None = None) -> None:
+    """Load and check the two stages' data; with ``n_test`` (influence.n_test), check the test split holds it."""
     data = load_data(config)
     sizes = {s: len(getattr(data, s)) for s in data.SPLITS}
     log.info("data %s: %s", config["experiment"], sizes)
-    io.save_tensors(out, data.state_dict(), args={"seed": config["seed"], "experiment": config["experiment"], "data": config["data"]},
-                    sizes=sizes)
+    if n_test is not None and n_test > sizes["finetune_test"]:
+        raise DataError(f"influence.n_test={n_test} exceeds the finetuning test split of experiment {config['experiment']!r} "
+                        f"({sizes['finetune_test']} examples); allowed 1..{sizes['finetune_test']}")
+    io.save_tensors(out, data.state_dict(), args=_data_args(config), sizes=sizes)
 
 
 def _minimum(name: str, fun, x0: torch.Tensor, config: dict) -> tuple[torch.Tensor, dict]:
     t0 = time.perf_counter()
     t = config["training"]
-    res = minimize(fun, x0, grad_tol=t["grad_tol"], max_iter=t["max_iter"])
+    try:
+        res = minimize(fun, x0, grad_tol=t["grad_tol"], max_iter=t["max_iter"])
+    except TrainingError as err:
+        raise TrainingError(f"{name}: {err}") from err
     lo, hi = lanczos_extremes(hvp(fun, res.params), res.params.numel(), res.params, iters=t["lanczos_iters"])
     info = {**res.summary(), "min_eigenvalue_lanczos": lo, "max_eigenvalue_lanczos": hi, "seconds": time.perf_counter() - t0}
     log.info("%s: %s", name, info)
     _check_curvature(name, lo, 0.0)
+    info["problems"] = health.training_problems(name, info, t["grad_tol"])
     return res.params, info
 
 
@@ -68,7 +81,8 @@ def pretrain(config: dict, data_path: str, out: str) -> None:
     exp = _experiment(config, data_path)
     w, u, _ = exp.init_params()
     params, info = _minimum("pretrain", exp.pretrain_objective(), torch.cat([w, u]), config)
-    io.save_tensors(out, {"params": params}, args=_train_args(config), training=info, p_w=exp.model.w_spec.numel)
+    io.save_tensors(out, {"params": params}, args=_train_args(config), training=info, p_w=exp.model.w_spec.numel,
+                    problems=info["problems"])
 
 
 def finetune(config: dict, scenario: str, data_path: str, pretrain_path: str, out: str) -> None:
@@ -78,7 +92,8 @@ def finetune(config: dict, scenario: str, data_path: str, pretrain_path: str, ou
     ft = exp.finetune_objective(scenario, pt_params[: exp.model.w_spec.numel])
     _, _, theta0 = exp.init_params()
     params, info = _minimum(f"finetune[{scenario}]", ft, ft.initial(theta0), config)
-    io.save_tensors(out, {"params": params}, args=_finetune_args(config, scenario), training=info)
+    io.save_tensors(out, {"params": params}, args=_finetune_args(config, scenario), training=info,
+                    problems=health.upstream(pretrain_path) + info["problems"])
 
 
 def _load_stages(config: dict, scenario: str, data_path: str, pretrain_path: str, finetune_path: str):
@@ -93,7 +108,22 @@ def _solver_options(config: dict, solver: str) -> dict:
     return dict(config["influence"].get(solver, {}))
 
 
-def _check_solve(name: str, solve, config: dict) -> None:
+def _influence_options(config: dict) -> dict:
+    """The ``influence`` block for ``finetune_ihvp``/``pretrain_ihvp``: ``curvature`` and every solver's options."""
+    return dict(config["influence"])
+
+
+@contextmanager
+def _named(name: str):
+    """Log which step failed (a solver's own error does not know it), then re-raise."""
+    try:
+        yield
+    except Exception as err:
+        log.error("%s failed: %s", name, err)
+        raise
+
+
+def _check_solve(name: str, solve, config: dict) -> list[str]:
     summary = solve.summary()
     log.info("%s: %s", name, summary)
     bad = not torch.isfinite(solve.x).all() or summary["max_residual"] > config["influence"]["max_residual"]
@@ -103,16 +133,22 @@ def _check_solve(name: str, solve, config: dict) -> None:
             raise RuntimeError(msg)
         log.warning(msg)
     _check_curvature(name, summary.get("min_eigenvalue", float("nan")), config["influence"]["damping"])
+    return health.solve_problems(name, summary, config["influence"]["max_residual"], config["influence"]["damping"])
 
 
 def run_finetune_ihvp(config: dict, scenario: str, solver: str, data_path: str, pretrain_path: str, finetune_path: str, out: str) -> None:
     """Step 1 of method.md: ``v = (H_ft + λI)⁻¹ ∇f`` for all scored test examples."""
     exp, _, _, ft, ft_params = _load_stages(config, scenario, data_path, pretrain_path, finetune_path)
     damping = config["influence"]["damping"]
-    sol = finetune_ihvp(ft, ft_params, exp.test, solver, damping, _solver_options(config, solver))
-    _check_solve(f"finetune_ihvp[{scenario},{solver}]", sol, config)
-    io.save_tensors(out, {"v": sol.x, "residual": sol.residual}, args={**_finetune_args(config, scenario), "influence": config["influence"]},
-                    solve=sol.summary())
+    with _named(f"finetune_ihvp[{scenario},{solver}]"):
+        sol = finetune_ihvp(ft, ft_params, exp.test, solver, damping, _influence_options(config))
+    problems = _check_solve(f"finetune_ihvp[{scenario},{solver}]", sol, config)
+    io.save_tensors(out, {"v": sol.x, "residual": sol.residual}, args=_solve_args(config, scenario, solver),
+                    solve=sol.summary(), problems=health.upstream(finetune_path) + problems)
+
+
+def _solve_args(config: dict, scenario: str, solver: str) -> dict:
+    return {**_finetune_args(config, scenario), "influence": config["influence"], "solver": solver}
 
 
 def run_pretrain_hessian(config: dict, data_path: str, pretrain_path: str, out: str) -> None:
@@ -120,50 +156,105 @@ def run_pretrain_hessian(config: dict, data_path: str, pretrain_path: str, out: 
     exp = _experiment(config, data_path)
     pt_params = io.load_tensors(pretrain_path, _train_args(config))["params"].to(exp.device)
     t0 = time.perf_counter()
-    eigh = Eigh.of(hvp(exp.pretrain_objective(), pt_params), pt_params.numel(), pt_params)
+    curvature = config["influence"].get("curvature", "hessian")  # the dense matrix of the configured curvature (hessian | ggn)
+    eigh = Eigh.of(Stage.of(exp.pretrain_objective()).matvec(pt_params, curvature), pt_params.numel(), pt_params)
     log.info("pretrain_hessian: p=%d, eigenvalues [%.3e, %.3e], %.1fs", pt_params.numel(), eigh.values[0], eigh.values[-1],
              time.perf_counter() - t0)
     _check_curvature("pretrain_hessian", float(eigh.values[0]), config["influence"]["damping"])
+    problems = health.curvature_problems("pretrain_hessian", float(eigh.values[0]), config["influence"]["damping"])
     io.save_tensors(out, {"values": eigh.values, "vectors": eigh.vectors}, args=_train_args(config),
-                    min_eigenvalue=float(eigh.values[0]), max_eigenvalue=float(eigh.values[-1]))
+                    min_eigenvalue=float(eigh.values[0]), max_eigenvalue=float(eigh.values[-1]),
+                    problems=health.upstream(pretrain_path) + problems)
 
 
 def run_pretrain_ihvp(config: dict, scenario: str, solver: str, data_path: str, pretrain_path: str, finetune_path: str,
                       finetune_ihvp_path: str, hessian_path: str | None, out: str) -> None:
     """Steps 2–3 of method.md: ``g`` = cross_stage_vector, then ``s = (H_pt + λI)⁻¹ [g; 0]``."""
     exp, pt, pt_params, ft, ft_params = _load_stages(config, scenario, data_path, pretrain_path, finetune_path)
-    v = io.load_tensors(finetune_ihvp_path)["v"].to(exp.device)
+    v = io.load_tensors(finetune_ihvp_path, _solve_args(config, scenario, solver))["v"].to(exp.device)
     g = cross_stage_vector(ft, ft_params, exp.test, v)
     eigh = None
     if hessian_path:
         h = io.load_tensors(hessian_path, _train_args(config), device=exp.device)
         eigh = Eigh(h["values"], h["vectors"])
-    sol = pretrain_ihvp(pt, pt_params, g, solver, config["influence"]["damping"], _solver_options(config, solver), eigh=eigh)
-    _check_solve(f"pretrain_ihvp[{scenario},{solver}]", sol, config)
-    io.save_tensors(out, {"s": sol.x, "g": g, "residual": sol.residual},
-                    args={**_finetune_args(config, scenario), "influence": config["influence"]}, solve=sol.summary())
+    with _named(f"pretrain_ihvp[{scenario},{solver}]"):
+        sol = pretrain_ihvp(pt, pt_params, g, solver, config["influence"]["damping"], _influence_options(config), eigh=eigh)
+    problems = _check_solve(f"pretrain_ihvp[{scenario},{solver}]", sol, config)
+    io.save_tensors(out, {"s": sol.x, "g": g, "residual": sol.residual}, args=_solve_args(config, scenario, solver),
+                    solve=sol.summary(), problems=health.upstream(finetune_ihvp_path, hessian_path) + problems)
 
 
 def run_scores(config: dict, scenario: str, solver: str, data_path: str, pretrain_path: str, pretrain_ihvp_path: str, out: str) -> None:
     """Step 4: ``score[t, i] = sᵀ∇l(z_i) / n`` (removal effect), streamed over pretraining batches."""
     exp = _experiment(config, data_path)
     pt_params = io.load_tensors(pretrain_path, _train_args(config))["params"].to(exp.device)
-    s = io.load_tensors(pretrain_ihvp_path)["s"].to(exp.device)
+    s = io.load_tensors(pretrain_ihvp_path, {**_finetune_args(config, scenario), "solver": solver})["s"].to(exp.device)
     pt = exp.pretrain_objective()
     t0 = time.perf_counter()
     scores = removal_effect(upweight_influence(pt, pt_params, s, config["influence"]["batch_size"]), pt.n)
-    if not torch.isfinite(scores).all():
-        raise RuntimeError(f"scores[{scenario},{solver}]: non-finite values")
+    bad = ~torch.isfinite(scores).all(dim=0)
+    if bad.any():
+        raise RuntimeError(f"scores[{scenario},{solver}]: non-finite values for pretraining example ids "
+                           f"{exp.data.pretrain.ids[bad.cpu()][:20].tolist()} ({int(bad.sum())} of {len(bad)})")
     log.info("scores[%s,%s]: shape %s in %.2fs", scenario, solver, tuple(scores.shape), time.perf_counter() - t0)
     io.save_tensors(out, {"scores": scores, "test_ids": exp.test.ids, "pretrain_ids": exp.data.pretrain.ids},
                     args={**_finetune_args(config, scenario), "influence": config["influence"], "solver": solver},
-                    convention=msif.SCORE_CONVENTION)
+                    convention=msif.SCORE_CONVENTION, problems=health.upstream(pretrain_ihvp_path))
+
+
+def run_baselines(config: dict, scenario: str, data_path: str, pretrain_path: str, finetune_path: str, hessian_path: str | None,
+                  out: str) -> None:
+    """Baseline score matrices (single-stage, gradient dot product, representation similarity, random)."""
+    from msif.baselines import baseline_scores
+
+    exp, pt, pt_params, ft, ft_params = _load_stages(config, scenario, data_path, pretrain_path, finetune_path)
+    solver = config["validation"]["reference_solver"]
+    eigh = None
+    if hessian_path:
+        h = io.load_tensors(hessian_path, _train_args(config), device=exp.device)
+        eigh = Eigh(h["values"], h["vectors"])
+    out_scores = baseline_scores(pt, pt_params, ft, ft_params, exp.test, solver, config["influence"]["damping"],
+                                 _solver_options(config, solver), seed=config["seed"], batch_size=config["influence"]["batch_size"], eigh=eigh)
+    log.info("baselines[%s]: %s", scenario, sorted(out_scores))
+    io.save_tensors(out, out_scores, args={**_finetune_args(config, scenario), "influence": config["influence"]},
+                    convention="larger = more helpful; single_stage and grad_dot in removal-effect units (" + msif.SCORE_CONVENTION + ")")
+
+
+def run_lds_subsets(config: dict, data_path: str, out: str) -> None:
+    from msif.validation import batches, lds_subsets
+
+    n = len(io.load_tensors(data_path)["pretrain.y"])
+    v = config["validation"]["lds"]
+    subsets = lds_subsets(n, v["fraction"], v["n_subsets"], config["seed"])
+    io.write_json(out, {"subsets": subsets, "batches": batches(len(subsets), v["subsets_per_job"])})
+
+
+def run_lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_path: str, finetune_path: str,
+                    subsets_path: str, out: str) -> None:
+    """Retrain both stages on each LDS subset S_j of one batch; record Δ test loss for every test example."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    exp, pt, pt_params, ft, ft_params = _load_stages(config, scenario, data_path, pretrain_path, finetune_path)
+    base = test_losses(ft, ft_params, exp.test)
+    spec = io.read_json(subsets_path)
+    r = config["retraining"]
+    rows = []
+    for j in tqdm(spec["batches"][batch], desc=f"lds[{scenario}] batch {batch}", mininterval=5):
+        kept = set(spec["subsets"][j])
+        removed = [i for i in range(pt.n) if i not in kept]
+        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, removed, config["validation"]["lds"]["grad_tol"], r["max_iter"])
+        delta = (res.test_losses - base).cpu().numpy()
+        rows += [{"scenario": scenario, "subset_id": j, "test_index": t, "actual": float(delta[t]),
+                  "pretrain_grad_norm": res.pretrain["grad_norm"], "finetune_grad_norm": res.finetune["grad_norm"]} for t in range(len(delta))]
+        log.info("lds subset %d: mean |Δ| %.3e", j, float(np.abs(delta).mean()))
+    io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
 
 
 def run_removal_sets(config: dict, scores_path: str, out: str) -> None:
     from msif.validation import batches, removal_sets
 
-    scores = io.load_tensors(scores_path)["scores"]
+    scores = io.load_tensors(scores_path, {"seed": config["seed"]})["scores"]
     v = config["validation"]
     sets = removal_sets(scores, v["ks"], v["selections"], config["seed"])
     io.write_json(out, {"sets": sets, "batches": batches(len(sets), v["sets_per_job"])})
@@ -183,12 +274,20 @@ def run_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrai
     for idx in tqdm(spec["batches"][batch], desc=f"retrain[{scenario}] batch {batch}", mininterval=5):
         s = spec["sets"][idx]
         t0 = time.perf_counter()
-        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, s["members"], r["grad_tol"], r["max_iter"])
         t = s["test_index"]
-        rows.append({"scenario": scenario, "set_id": s["set_id"], "test_index": t, "test_id": int(exp.test.ids[t]),
-                     "selection": s["selection"], "k": s["k"], "actual": float(res.test_losses[t] - base[t]),
+        row = {"scenario": scenario, "set_id": s["set_id"], "test_index": t, "test_id": int(exp.test.ids[t]),
+               "selection": s["selection"], "k": s["k"]}
+        try:
+            res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, s["members"], r["grad_tol"], r["max_iter"])
+        except TrainingError as err:  # keep the row, flagged: a diverged retraining is a result, not a gap
+            log.error("%s: retraining diverged: %s", s["set_id"], err)
+            rows.append({**row, "actual": float("nan"), "pretrain_grad_norm": float("nan"), "finetune_grad_norm": float("nan"),
+                         "seconds": time.perf_counter() - t0, "flag": f"retrain {s['set_id']}: diverged ({err})"})
+            continue
+        problems = health.retrain_problems(s["set_id"], res.pretrain, res.finetune, r["grad_tol"])
+        rows.append({**row, "actual": float(res.test_losses[t] - base[t]),
                      "pretrain_grad_norm": res.pretrain["grad_norm"], "finetune_grad_norm": res.finetune["grad_norm"],
-                     "seconds": time.perf_counter() - t0})
+                     "seconds": time.perf_counter() - t0, "flag": health.flag(problems)})
         log.info("%s: actual %.4e (grad norms %.1e, %.1e)", s["set_id"], rows[-1]["actual"], res.pretrain["grad_norm"],
                  res.finetune["grad_norm"])
     io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
@@ -206,33 +305,82 @@ def run_noise(config: dict, scenario: str, rep: int, data_path: str, pretrain_pa
                               start_noise=config["validation"]["noise_scale"], generator=gen)
     delta = (res.test_losses - base).cpu().numpy()
     log.info("noise[%s] rep %d: max |Δ| %.3e", scenario, rep, np.abs(delta).max())
-    io.write_text(out, pd.DataFrame({"scenario": scenario, "rep": rep, "test_index": np.arange(len(delta)), "actual": delta}).to_csv(index=False))
+    problems = health.retrain_problems(f"noise[{scenario}] rep {rep}", res.pretrain, res.finetune, r["grad_tol"])
+    io.write_text(out, pd.DataFrame({"scenario": scenario, "rep": rep, "test_index": np.arange(len(delta)), "actual": delta,
+                                     "flag": health.flag(problems)}).to_csv(index=False))
 
 
-def run_compare(params, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
-                leave_k_out_out: str, summary_out: str) -> None:
-    """Join predicted (every solver) and actual effects; correlations and the noise floor per scenario."""
+def _method_scores(scores_paths: dict, baselines_path: str | None, reference_solver: str) -> dict[tuple[str, str], tuple]:
+    """(method, solver) → (scores, test_ids) for multi-stage influence (every solver) and each baseline."""
+    out = {}
+    for solver, path in scores_paths.items():
+        art = io.load_tensors(path)
+        out[("multi_stage", solver)] = (art["scores"], art["test_ids"])
+    if baselines_path:
+        test_ids = next(iter(out.values()))[1]
+        for method, scores in io.load_tensors(baselines_path).items():
+            out[(method, reference_solver if method == "single_stage" else "none")] = (scores, test_ids)
+    return out
+
+
+def run_compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
+                leave_k_out_out: str, summary_out: str, baselines_paths: dict | None = None, lds_subsets_path: str | None = None,
+                lds_paths: dict | None = None, lds_out: str | None = None) -> None:
+    """Join predicted (every method and solver) and actual effects; correlations with bootstrap intervals,
+    the LDS, and the noise floor per scenario."""
     import pandas as pd
 
-    from msif.validation import predicted_effects, summarise
+    from msif.validation import bootstrap_interval, correlations, lds, lds_predictions, predicted_effects
 
-    frames, noise_floor = [], {}
+    v = config["validation"]
+    n_boot, seed = v["bootstrap"], config["seed"]
+    frames, lds_frames, summary_rows = [], [], []
+    subsets = io.read_json(lds_subsets_path)["subsets"] if lds_subsets_path else None
     for scenario, sets_path in sets_paths.items():
         sets = io.read_json(sets_path)["sets"]
         actual = pd.concat([pd.read_csv(p) for p in retrain_paths[scenario]]).set_index("set_id")
+        actual_sets = actual.loc[[s["set_id"] for s in sets], "actual"].to_numpy()
         noise = pd.concat([pd.read_csv(p) for p in noise_paths[scenario]])
-        noise_floor[scenario] = float(np.sqrt(np.mean(noise["actual"] ** 2))) if len(noise) else float("nan")
-        for solver, path in scores_paths[scenario].items():
-            art = io.load_tensors(path)
-            pred = predicted_effects(art["scores"], sets)
+        noise_floor = float(np.sqrt(np.mean(noise["actual"] ** 2))) if len(noise) else float("nan")
+        lds_actual = None
+        if subsets is not None:
+            lds_df = pd.concat([pd.read_csv(p) for p in lds_paths[scenario]])
+            lds_actual = lds_df.pivot(index="subset_id", columns="test_index", values="actual").sort_index().to_numpy()
+        methods = _method_scores(scores_paths[scenario], (baselines_paths or {}).get(scenario), v["reference_solver"])
+        for (method, solver), (scores, test_ids) in methods.items():
+            pred = predicted_effects(scores, sets)
             frames.append(pd.DataFrame({
-                "scenario": scenario, "solver": solver,
-                "test_id": [int(art["test_ids"][s["test_index"]]) for s in sets],
+                "scenario": scenario, "solver": solver, "test_id": [int(test_ids[s["test_index"]]) for s in sets],
                 "selection": [s["selection"] for s in sets], "k": [s["k"] for s in sets],
-                "predicted": pred, "actual": actual.loc[[s["set_id"] for s in sets], "actual"].to_numpy(),
+                "predicted": pred, "actual": actual_sets, "method": method,
             }))
+            c = correlations(pred, actual_sets)
+            lo, hi = bootstrap_interval(lambda idx, p=pred, a=actual_sets: correlations(p[idx], a[idx])["pearson"], len(pred), n_boot, seed)
+            row = {"scenario": scenario, "solver": solver, "pearson": c["pearson"], "spearman": c["spearman"], "n_sets": len(sets),
+                   "noise_floor": noise_floor, "method": method, "seed": seed, "lds": float("nan"), "pearson_lo": lo, "pearson_hi": hi,
+                   "lds_lo": float("nan"), "lds_hi": float("nan"), "slope": c["slope"]}
+            if lds_actual is not None:
+                lds_pred = lds_predictions(scores, subsets)
+                row["lds"], _ = lds(lds_pred, lds_actual)
+                row["lds_lo"], row["lds_hi"] = bootstrap_interval(lambda idx, p=lds_pred, a=lds_actual: lds(p[idx], a[idx])[0],
+                                                                  len(subsets), n_boot, seed)
+                lds_frames.append(pd.DataFrame({
+                    "scenario": scenario, "method": method,
+                    "subset_id": np.repeat(np.arange(len(subsets)), lds_pred.shape[1]),
+                    "test_id": np.tile([int(t) for t in test_ids], len(subsets)),
+                    "predicted": lds_pred.reshape(-1), "actual": lds_actual.reshape(-1), "solver": solver,
+                }))
+            summary_rows.append(row)
     lko = pd.concat(frames, ignore_index=True)
-    summary = summarise(lko, noise_floor)
+    lko["flag"] = health.row_flags(lko, (pd.read_csv(p) for ps in retrain_paths.values() for p in ps), scores_paths)
+    if (lko["flag"] != health.OK).any():
+        log.warning("%d of %d leave-k-out rows flagged (column 'flag'): %s", int((lko["flag"] != health.OK).sum()), len(lko),
+                    sorted(set(lko["flag"]) - {health.OK})[:10])
+    summary = pd.DataFrame(summary_rows)
     log.info("summary:\n%s", summary.to_string(index=False))
     io.write_text(leave_k_out_out, lko.to_csv(index=False))
     io.write_text(summary_out, summary.to_csv(index=False))
+    if lds_out:
+        lds_table = pd.concat(lds_frames, ignore_index=True) if lds_frames else pd.DataFrame(
+            columns=["scenario", "method", "subset_id", "test_id", "predicted", "actual", "solver"])
+        io.write_text(lds_out, lds_table.to_csv(index=False))

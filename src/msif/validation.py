@@ -9,7 +9,6 @@ actual effect comes from retraining both stages without S.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 
 SELECTIONS = ("top", "bottom", "random")
@@ -60,6 +59,8 @@ def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
     """Pearson and Spearman of predicted vs actual, plus the fitted slope actual ≈ slope · predicted."""
     from scipy import stats
 
+    ok = np.isfinite(predicted) & np.isfinite(actual)  # a diverged retraining (actual NaN) stays in the table, flagged
+    predicted, actual = np.asarray(predicted)[ok], np.asarray(actual)[ok]
     if len(predicted) < 3 or np.std(predicted) == 0 or np.std(actual) == 0:
         return {"pearson": float("nan"), "spearman": float("nan"), "slope": float("nan")}
     slope = float(np.dot(predicted, actual) / np.dot(predicted, predicted))
@@ -67,11 +68,36 @@ def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
             "slope": slope}
 
 
-def summarise(leave_k_out: pd.DataFrame, noise_floor: dict[str, float]) -> pd.DataFrame:
-    """One row per (scenario, solver): correlations over all removal sets and the scenario's noise floor."""
-    rows = []
-    for (scenario, solver), g in leave_k_out.groupby(["scenario", "solver"], sort=True):
-        c = correlations(g["predicted"].to_numpy(), g["actual"].to_numpy())
-        rows.append({"scenario": scenario, "solver": solver, "pearson": c["pearson"], "spearman": c["spearman"],
-                     "n_sets": len(g), "noise_floor": noise_floor.get(scenario, float("nan")), "slope": c["slope"]})
-    return pd.DataFrame(rows, columns=["scenario", "solver", "pearson", "spearman", "n_sets", "noise_floor", "slope"])
+def lds_subsets(n: int, fraction: float, n_subsets: int, seed: int) -> list[list[int]]:
+    """Random subsets S_j holding ``fraction`` of the n pretraining examples (sorted row indices), seeded."""
+    size = max(1, round(fraction * n))
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 4242]).generate_state(1)[0]))
+    return [sorted(torch.randperm(n, generator=gen)[:size].tolist()) for _ in range(n_subsets)]
+
+
+def lds_predictions(scores: torch.Tensor, subsets: list[list[int]]) -> np.ndarray:
+    """Predicted change of each test loss when training on S_j only: ``Σ_{i∉S_j} score[t, i]``; (n_subsets, n_test)."""
+    total = scores.sum(1)
+    return np.stack([(total - scores[:, s].sum(1)).cpu().numpy() for s in subsets])
+
+
+def lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, np.ndarray]:
+    """Linear datamodeling score (Park et al. 2023): Spearman across subsets, per test, averaged over tests.
+
+    ``predicted`` and ``actual`` are (n_subsets, n_test); returns (mean, per-test correlations).
+    """
+    from scipy import stats
+
+    per_test = np.array([stats.spearmanr(predicted[:, t], actual[:, t])[0] for t in range(predicted.shape[1])])
+    return float(np.nanmean(per_test)), per_test
+
+
+def bootstrap_interval(stat, n_items: int, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(indices)`` over items resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n_items, n_items)) for _ in range(n_boot)]
+    values = np.asarray([v for v in values if np.isfinite(v)])
+    if not len(values):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)

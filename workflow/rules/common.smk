@@ -1,4 +1,5 @@
 import math
+import re
 
 from snakemake.utils import min_version, validate
 
@@ -18,7 +19,7 @@ VERSION = msif.__version__
 
 wildcard_constraints:
     scenario="|".join(config["scenarios"]),
-    solver="|".join(config["influence"]["solvers"]),
+    solver="|".join(map(re.escape, config["influence"]["solvers"])),
     batch=r"\d+",
     rep=r"\d+",
 
@@ -39,11 +40,30 @@ def cfg(*keys):
     return out
 
 
-TRAIN_KEYS = ("seed", "dtype", "device", "experiment", "data", "model", "pretrain", "training")
+TRAIN_KEYS = (
+    "seed",
+    "dtype",
+    "device",
+    "experiment",
+    "data",
+    "model",
+    "pretrain",
+    "training",
+)
 FINETUNE_KEYS = TRAIN_KEYS + ("finetune",)
 SOLVE_KEYS = FINETUNE_KEYS + tuple(
     f"influence.{k}"
-    for k in ("n_test", "damping", "max_residual", "fail_on_bad_solve", "cg")
+    for k in (
+        "n_test",
+        "damping",
+        "max_residual",
+        "fail_on_bad_solve",
+        "curvature",
+        "cg",
+        "lissa",
+        "arnoldi",
+        "ekfac",
+    )
 )
 SCORE_KEYS = SOLVE_KEYS + ("influence.batch_size",)
 RETRAIN_KEYS = FINETUNE_KEYS + ("influence.n_test", "retraining")
@@ -58,12 +78,30 @@ def n_batches():
     return math.ceil(n_sets / v["sets_per_job"])
 
 
+LDS = config["validation"]["lds"]
+BASELINES = config["validation"]["baselines"]
+
+
+def n_lds_batches():
+    return math.ceil(LDS["n_subsets"] / LDS["subsets_per_job"])
+
+
+def reference_hessian(wildcards):
+    """The dense pretraining Hessian, where the reference solver is the exact one."""
+    if config["validation"]["reference_solver"] == "exact":
+        return f"{RESULTS}/influence/pretrain_hessian.pt"
+    return []
+
+
 def hessian_input(wildcards):
-    """The dense pretraining Hessian is an input of the exact solver only."""
-    if wildcards.solver == "exact":
+    """The dense pretraining Hessian is an input where the pretraining stage's solver is exact ('exact', 'cg+exact')."""
+    if wildcards.solver.split("+")[-1] == "exact":
         return f"{RESULTS}/influence/pretrain_hessian.pt"
     return []
 
 
 def scores_for(scenario):
-    return {s: f"{RESULTS}/influence/{scenario}/{s}/scores.pt" for s in config["influence"]["solvers"]}
+    return {
+        s: f"{RESULTS}/influence/{scenario}/{s}/scores.pt"
+        for s in config["influence"]["solvers"]
+    }

@@ -6,9 +6,6 @@ rule finetune_ihvp:
     output:
         pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/finetune_ihvp.pt",
         meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/finetune_ihvp.pt.json",
-    params:
-        cfg=cfg(*SOLVE_KEYS),
-        version=VERSION,
     log:
         f"{LOGS}/influence/{{scenario}}_{{solver}}_finetune_ihvp.log",
     benchmark:
@@ -18,6 +15,9 @@ rule finetune_ihvp:
         mem_mb=4000,
         runtime=30,
         gpu=0,
+    params:
+        cfg=cfg(*SOLVE_KEYS),
+        version=VERSION,
     script:
         "../scripts/finetune_ihvp.py"
 
@@ -29,9 +29,6 @@ rule pretrain_hessian:
     output:
         pt=f"{RESULTS}/influence/pretrain_hessian.pt",
         meta=f"{RESULTS}/influence/pretrain_hessian.pt.json",
-    params:
-        cfg=cfg(*TRAIN_KEYS, "influence.damping"),
-        version=VERSION,
     log:
         f"{LOGS}/influence/pretrain_hessian.log",
     benchmark:
@@ -41,6 +38,9 @@ rule pretrain_hessian:
         mem_mb=4000,
         runtime=30,
         gpu=0,
+    params:
+        cfg=cfg(*TRAIN_KEYS, "influence.damping", "influence.curvature"),
+        version=VERSION,
     script:
         "../scripts/pretrain_hessian.py"
 
@@ -55,9 +55,6 @@ rule pretrain_ihvp:
     output:
         pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/pretrain_ihvp.pt",
         meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/pretrain_ihvp.pt.json",
-    params:
-        cfg=cfg(*SOLVE_KEYS),
-        version=VERSION,
     log:
         f"{LOGS}/influence/{{scenario}}_{{solver}}_pretrain_ihvp.log",
     benchmark:
@@ -67,6 +64,9 @@ rule pretrain_ihvp:
         mem_mb=4000,
         runtime=30,
         gpu=0,
+    params:
+        cfg=cfg(*SOLVE_KEYS),
+        version=VERSION,
     script:
         "../scripts/pretrain_ihvp.py"
 
@@ -79,9 +79,6 @@ rule scores:
     output:
         pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt",
         meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt.json",
-    params:
-        cfg=cfg(*SCORE_KEYS),
-        version=VERSION,
     log:
         f"{LOGS}/influence/{{scenario}}_{{solver}}_scores.log",
     benchmark:
@@ -91,5 +88,8 @@ rule scores:
         mem_mb=4000,
         runtime=30,
         gpu=0,
+    params:
+        cfg=cfg(*SCORE_KEYS),
+        version=VERSION,
     script:
         "../scripts/scores.py"

@@ -25,15 +25,15 @@ rule report:
         ),
     output:
         html=f"{RESULTS}/report.html",
-    params:
-        config=config,
-        results=RESULTS,
-        version=VERSION,
     log:
         f"{LOGS}/report.log",
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        config=config,
+        results=RESULTS,
+        version=VERSION,
     script:
         "../scripts/report.py"

@@ -2,15 +2,15 @@ rule prepare_data:
     output:
         pt=f"{RESULTS}/data/splits.pt",
         meta=f"{RESULTS}/data/splits.pt.json",
-    params:
-        cfg=cfg("seed", "experiment", "data"),
-        version=VERSION,
     log:
         f"{LOGS}/prepare_data.log",
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        cfg=cfg("seed", "experiment", "data"),
+        version=VERSION,
     script:
         "../scripts/prepare_data.py"
 
@@ -21,9 +21,6 @@ rule pretrain:
     output:
         pt=f"{RESULTS}/train/pretrain.pt",
         meta=f"{RESULTS}/train/pretrain.pt.json",
-    params:
-        cfg=cfg(*TRAIN_KEYS),
-        version=VERSION,
     log:
         f"{LOGS}/pretrain.log",
     benchmark:
@@ -33,6 +30,9 @@ rule pretrain:
         mem_mb=2000,
         runtime=30,
         gpu=0,
+    params:
+        cfg=cfg(*TRAIN_KEYS),
+        version=VERSION,
     script:
         "../scripts/pretrain.py"
 
@@ -44,9 +44,6 @@ rule finetune:
     output:
         pt=f"{RESULTS}/train/finetune_{{scenario}}.pt",
         meta=f"{RESULTS}/train/finetune_{{scenario}}.pt.json",
-    params:
-        cfg=cfg(*FINETUNE_KEYS),
-        version=VERSION,
     log:
         f"{LOGS}/finetune_{{scenario}}.log",
     benchmark:
@@ -56,5 +53,8 @@ rule finetune:
         mem_mb=2000,
         runtime=30,
         gpu=0,
+    params:
+        cfg=cfg(*FINETUNE_KEYS),
+        version=VERSION,
     script:
         "../scripts/finetune.py"

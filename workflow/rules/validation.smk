@@ -3,15 +3,15 @@ rule removal_sets:
         scores=f"{RESULTS}/influence/{{scenario}}/{config['validation']['reference_solver']}/scores.pt",
     output:
         json=f"{RESULTS}/validation/{{scenario}}/removal_sets.json",
-    params:
-        cfg=cfg(*SET_KEYS),
-        version=VERSION,
     log:
         f"{LOGS}/validation/{{scenario}}_removal_sets.log",
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        cfg=cfg(*SET_KEYS),
+        version=VERSION,
     script:
         "../scripts/removal_sets.py"
 
@@ -24,9 +24,6 @@ rule retrain:
         sets=rules.removal_sets.output.json,
     output:
         csv=f"{RESULTS}/validation/{{scenario}}/retrain/batch{{batch}}.csv",
-    params:
-        cfg=cfg(*RETRAIN_KEYS),
-        version=VERSION,
     log:
         f"{LOGS}/validation/{{scenario}}_retrain_batch{{batch}}.log",
     benchmark:
@@ -36,6 +33,9 @@ rule retrain:
         mem_mb=2000,
         runtime=60,
         gpu=0,
+    params:
+        cfg=cfg(*RETRAIN_KEYS),
+        version=VERSION,
     script:
         "../scripts/retrain.py"
 
@@ -47,9 +47,6 @@ rule noise_floor:
         finetune=rules.finetune.output.pt,
     output:
         csv=f"{RESULTS}/validation/{{scenario}}/noise/rep{{rep}}.csv",
-    params:
-        cfg=cfg(*RETRAIN_KEYS, "validation.noise_scale"),
-        version=VERSION,
     log:
         f"{LOGS}/validation/{{scenario}}_noise_rep{{rep}}.log",
     threads: 1
@@ -57,8 +54,78 @@ rule noise_floor:
         mem_mb=2000,
         runtime=30,
         gpu=0,
+    params:
+        cfg=cfg(*RETRAIN_KEYS, "validation.noise_scale"),
+        version=VERSION,
     script:
         "../scripts/noise_floor.py"
+
+
+rule baselines:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+        finetune=rules.finetune.output.pt,
+        hessian=reference_hessian,
+    output:
+        pt=f"{RESULTS}/influence/{{scenario}}/baselines.pt",
+        meta=f"{RESULTS}/influence/{{scenario}}/baselines.pt.json",
+    log:
+        f"{LOGS}/influence/{{scenario}}_baselines.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{scenario}}_baselines.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    params:
+        cfg=cfg(*SCORE_KEYS, "validation.reference_solver"),
+        version=VERSION,
+    script:
+        "../scripts/baselines.py"
+
+
+rule lds_subsets:
+    input:
+        data=rules.prepare_data.output.pt,
+    output:
+        json=f"{RESULTS}/validation/lds_subsets.json",
+    log:
+        f"{LOGS}/validation/lds_subsets.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        cfg=cfg("seed", "validation.lds"),
+        version=VERSION,
+    script:
+        "../scripts/lds_subsets.py"
+
+
+rule lds_retrain:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+        finetune=rules.finetune.output.pt,
+        subsets=rules.lds_subsets.output.json,
+    output:
+        csv=f"{RESULTS}/validation/{{scenario}}/lds/batch{{batch}}.csv",
+    log:
+        f"{LOGS}/validation/{{scenario}}_lds_batch{{batch}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{scenario}}_lds_batch{{batch}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+        gpu=0,
+    params:
+        cfg=cfg(*RETRAIN_KEYS, "validation.lds.grad_tol"),
+        version=VERSION,
+    script:
+        "../scripts/lds_retrain.py"
 
 
 rule compare:
@@ -75,20 +142,29 @@ rule compare:
             scenario=config["scenarios"],
             rep=range(config["validation"]["noise_repeats"]),
         ),
+        baselines=expand(
+            rules.baselines.output.pt,
+            scenario=config["scenarios"] if BASELINES else [],
+        ),
+        lds_subsets=rules.lds_subsets.output.json if LDS["n_subsets"] else [],
+        lds=expand(
+            rules.lds_retrain.output.csv,
+            scenario=config["scenarios"],
+            batch=range(n_lds_batches()),
+        ),
     output:
         leave_k_out=f"{RESULTS}/validation/leave_k_out.csv",
         summary=f"{RESULTS}/validation/summary.csv",
-    params:
-        scenarios=config["scenarios"],
-        solvers=config["influence"]["solvers"],
-        n_batches=n_batches(),
-        noise_repeats=config["validation"]["noise_repeats"],
-        version=VERSION,
+        lds=f"{RESULTS}/validation/lds.csv",
     log:
         f"{LOGS}/validation/compare.log",
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        cfg=cfg("seed", "validation"),
+        scenarios=config["scenarios"],
+        version=VERSION,
     script:
         "../scripts/compare.py"

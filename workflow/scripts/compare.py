@@ -7,11 +7,15 @@ with job(snakemake.log[0], snakemake.threads):
     i, scenarios = snakemake.input, snakemake.params.scenarios
     of = lambda files, s: [f for f in files if f"/{s}/" in f]  # noqa: E731
     steps.run_compare(
-        snakemake.params,
+        snakemake.params.cfg,
         scores_paths={s: {Path(f).parent.name: f for f in of(i.scores, s)} for s in scenarios},
         sets_paths={s: of(i.sets, s)[0] for s in scenarios},
         retrain_paths={s: of(i.retrain, s) for s in scenarios},
         noise_paths={s: of(i.noise, s) for s in scenarios},
+        baselines_paths={s: of(i.baselines, s)[0] for s in scenarios} if i.baselines else None,
+        lds_subsets_path=i.lds_subsets or None,
+        lds_paths={s: of(i.lds, s) for s in scenarios},
         leave_k_out_out=snakemake.output.leave_k_out,
         summary_out=snakemake.output.summary,
+        lds_out=snakemake.output.lds,
     )

@@ -6,8 +6,8 @@ import re
 
 import pytest
 import torch
-from conftest import ROOT
 
+from conftest import ROOT
 from msif import cli
 from msif.data import Split, TwoStageData
 from msif.experiment import Plugin, PluginError, build_model, get_plugin, load_data
@@ -106,3 +106,18 @@ def test_cli_info(capsys):
     assert cli.main(["info", "--config", str(ROOT / "config/config.yaml")]) == 0
     out = capsys.readouterr().out
     assert "msif 0.1.0" in out and "removal effect" in out and "experiment=digits" in out
+
+
+def test_cli_show_top_reads_a_finished_run(tmp_path, capsys):
+    from msif import io
+
+    scores = torch.tensor([[0.3, -0.1, 0.0, -0.4], [0.0, 0.2, -0.2, 0.1]], dtype=torch.float64)
+    io.save_tensors(tmp_path / "r/influence/fixed/exact/scores.pt",
+                    {"scores": scores, "test_ids": torch.tensor([11, 12]), "pretrain_ids": torch.tensor([100, 101, 102, 103])})
+    assert cli.main(["show-top", "r", "11", "-k", "2", "--results", str(tmp_path), "--json"]) == 0
+    top = __import__("json").loads(capsys.readouterr().out)
+    assert [r["pretrain_id"] for r in top["proponents"]] == [100, 102]
+    assert [r["pretrain_id"] for r in top["opponents"]] == [103, 101]
+    assert cli.main(["show-top", "r", "99", "--results", str(tmp_path)]) == 1
+    assert "test id 99 is not among the scored test examples [11, 12]" in capsys.readouterr().err
+    assert cli.main(["show-top", "r", "11", "--scenario", "updated", "--results", str(tmp_path)]) == 1

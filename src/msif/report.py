@@ -28,6 +28,7 @@ import yaml
 import msif
 from msif import io
 
+LOSS_UNIT_METHODS = ("multi_stage", "single_stage")  # scores in test-loss units, so a slope means something
 SCENARIO_TITLES = {"fixed": "Scenario A — W fixed during finetuning", "updated": "Scenario B — W updated (proximal α)"}
 
 CSS = """
@@ -70,7 +71,7 @@ def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solv
     d = lko[(lko.scenario == scenario) & (lko.solver == solver)]
     s = summary[(summary.scenario == scenario) & (summary.solver == solver)].iloc[0]
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    lim = float(np.abs(np.r_[d.predicted, d.actual]).max()) * 1.08 or 1.0
+    lim = float(np.nanmax(np.abs(np.r_[d.predicted, d.actual]))) * 1.08 or 1.0  # a diverged retraining: actual NaN
     if np.isfinite(noise_floor) and noise_floor > 0:
         ax.axhspan(-2 * noise_floor, 2 * noise_floor, color="0.85", zorder=0, label="±2 × noise floor")
     ax.plot([-lim, lim], [-lim, lim], color="0.4", lw=1, ls="--", label="identity")
@@ -80,7 +81,7 @@ def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solv
                     palette={"top": "C0", "bottom": "C1", "random": "C2"})
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="predicted Δ test loss (Σ scores)", ylabel="actual Δ test loss (retrained)",
            title=f"{scenario} / {solver}: Pearson {s.pearson:.3f}, Spearman {s.spearman:.3f}")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return _png(fig)
 
 
@@ -89,7 +90,7 @@ def methods_figure(summary: pd.DataFrame) -> str:
     metrics = [("pearson", "leave-k-out Pearson")] + ([("lds", "LDS (Spearman)")] if summary["lds"].notna().any() else [])
     d = summary[(summary.method != "multi_stage") | (summary.solver == summary.solver.iloc[0])]
     order = list(dict.fromkeys(["multi_stage", *d.method]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.55 * len(order) * d.scenario.nunique() + 1.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(order) + 1.4), squeeze=False)
     for ax, (col, label) in zip(axes[0], metrics, strict=True):
         for j, (scenario, g) in enumerate(d.groupby("scenario")):
             g = g.set_index("method").reindex(order)
@@ -171,7 +172,8 @@ def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
         "Pearson [95% CI]": [ci(*r) for r in zip(df.pearson, df.pearson_lo, df.pearson_hi, strict=True)],
         "Spearman": [f"{v:.3f}" for v in df.spearman],
         "LDS [95% CI]": [ci(*r) for r in zip(df.lds, df.lds_lo, df.lds_hi, strict=True)],
-        "sets": df.n_sets.astype(str), "noise floor": [f"{v:.2e}" for v in df.noise_floor], "slope": [f"{v:.2f}" for v in df.slope],
+        "sets": df.n_sets.astype(str), "noise floor": [f"{v:.2e}" for v in df.noise_floor],
+        "slope": [f"{v:.2f}" if m in LOSS_UNIT_METHODS else "—" for v, m in zip(df.slope, df.method, strict=True)],
     })
 
 

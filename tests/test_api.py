@@ -121,3 +121,8 @@ def test_cli_show_top_reads_a_finished_run(tmp_path, capsys):
     assert cli.main(["show-top", "r", "99", "--results", str(tmp_path)]) == 1
     assert "test id 99 is not among the scored test examples [11, 12]" in capsys.readouterr().err
     assert cli.main(["show-top", "r", "11", "--scenario", "updated", "--results", str(tmp_path)]) == 1
+
+
+def test_config_readme_matches_the_schema():
+    """config/README.md is generated from the schema; regenerate with `msif schema-docs > config/README.md`."""
+    assert (ROOT / "config/README.md").read_text() == cli.schema_markdown()

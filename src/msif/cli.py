@@ -62,6 +62,40 @@ def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     return config
 
 
+def schema_markdown(schema_path: Path = SCHEMA) -> str:
+    """config/README.md: one row per config key (dotted path), from the schema's descriptions and defaults."""
+    import yaml
+
+    schema = yaml.safe_load(schema_path.read_text())
+    rows = []
+
+    def walk(node: dict, path: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            key = f"{path}.{name}" if path else name
+            kind = sub.get("type", "")
+            if "enum" in sub:
+                kind += " (" + ", ".join(map(str, sub["enum"])) + ")"
+            elif sub.get("type") == "array" and "enum" in sub.get("items", {}):
+                kind += " of (" + ", ".join(map(str, sub["items"]["enum"])) + ")"
+            default = json.dumps(sub["default"]) if "default" in sub else ""
+            desc = " ".join(str(sub.get("description", "")).split())
+            rows.append(f"| `{key}` | {kind} | `{default}` | {desc} |" if default else f"| `{key}` | {kind} | | {desc} |")
+            if sub.get("type") == "object":
+                walk(sub, key)
+
+    walk(schema, "")
+    head = ("# Configuration keys\n\nGenerated from `workflow/schemas/config.schema.yaml` by `msif schema-docs` "
+            "(a test keeps the two in sync). The workflow validates every config against the schema at start, then "
+            "checks cross-key rules (`msif.config.check_config`); `msif validate-config FILE` does the same without running.\n\n"
+            "| key | type | default | meaning |\n|---|---|---|---|\n")
+    return head + "\n".join(rows) + "\n"
+
+
+def cmd_schema_docs(args) -> int:
+    print(schema_markdown(), end="")
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -121,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate-config", help="check a config file as the workflow does at start")
     p.add_argument("file")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema-docs", help="print the config keys table (config/README.md)")
+    p.set_defaults(func=cmd_schema_docs)
     p = sub.add_parser("show-top", help="top proponents and opponents of a test example")
     p.add_argument("run")
     p.add_argument("test_id", type=int, help="the test example's id (its row in the source data set)")

@@ -80,3 +80,61 @@ def finite_difference_upweight(model, data, pt_params, ft_params, i: int, scenar
     f_plus = retrained_test_losses(model, data, pt_params, ft_params, plus, scenario, alpha)
     f_minus = retrained_test_losses(model, data, pt_params, ft_params, minus, scenario, alpha)
     return (f_plus - f_minus) / (2 * eps)
+
+
+def dense_ggn(objective, params: torch.Tensor) -> torch.Tensor:
+    """``Jᵀ H J + ∇²r`` built densely: J the Jacobian of every example's logits (n·C, p), H the Hessian
+    of the objective's loss part in the logits (n·C, n·C), ∇²r the Hessian of (objective − loss part)."""
+    from torch.func import jacrev
+
+    from msif.objectives import PretrainObjective
+
+    model = objective.model
+    if isinstance(objective, PretrainObjective):
+        data, n = objective.data, objective.n
+        c = objective.weights if objective.weights is not None else torch.ones(n, dtype=params.dtype)
+
+        def logits(p):
+            return model.pt_logits(*objective.split(p), data.x)
+
+        def loss(z):
+            return (c * model.pt_loss(z, data.y)).sum() / n
+    else:
+        data = objective.data
+
+        def logits(p):
+            theta, w = objective.split(p)
+            return model.ft_logits(w, theta, data.x)
+
+        def loss(z):
+            return model.ft_loss(z, data.y).mean()
+
+    z = logits(params)
+    jac = jacrev(lambda p: logits(p).reshape(-1))(params)
+    h_out = hessian(lambda zf: loss(zf.reshape(z.shape)))(z.reshape(-1))
+    h_reg = hessian(lambda p: objective(p) - loss(logits(p)))(params)
+    return jac.T @ h_out @ jac + h_reg
+
+
+def one_layer_ekfac(features: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor | None, l2: float) -> torch.Tensor:
+    """EK-FAC of a single Linear layer ``z = Θ a + b`` under mean cross-entropy, built densely by hand.
+
+    ``a_i = [features_i; 1]``, ``H_i = diag(p_i) − p_i p_iᵀ``; the layer's exact GGN in the row-major
+    (out, in+1) ordering is ``G = Σ_i w_i H_i ⊗ a_i a_iᵀ``; K-FAC's factors are ``A = Σ w_i a_i a_iᵀ``
+    and ``S = Σ w_i H_i``; EK-FAC keeps ``Q = Q_S ⊗ Q_A`` and takes ``Λ = diag(Qᵀ G Q)``. Returned in the
+    flat parameter ordering ``[Θ (row-major), b]``, plus ``l2·I``.
+    """
+    n, d_in = features.shape
+    w = weight if weight is not None else torch.full((n,), 1.0 / n, dtype=features.dtype)
+    a = torch.cat([features, torch.ones(n, 1, dtype=features.dtype)], dim=1)
+    p = torch.softmax(logits, dim=1)
+    hs = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    g = sum(w[i] * torch.kron(hs[i], torch.outer(a[i], a[i])) for i in range(n))
+    a_fac = sum(w[i] * torch.outer(a[i], a[i]) for i in range(n))
+    s_fac = sum(w[i] * hs[i] for i in range(n))
+    q = torch.kron(torch.linalg.eigh(s_fac)[1], torch.linalg.eigh(a_fac)[1])
+    lam = torch.diagonal(q.T @ g @ q)
+    ekfac = q @ torch.diag(lam) @ q.T
+    out, d = hs.shape[1], d_in + 1
+    order = [o * d + j for o in range(out) for j in range(d_in)] + [o * d + d_in for o in range(out)]
+    return ekfac[order][:, order] + l2 * torch.eye(out * d, dtype=features.dtype)

@@ -68,7 +68,7 @@ def test_lanczos_extremes_match_eigvalsh(pretrain_problem):
 
 def test_solve_dispatch_names_allowed_solvers(pretrain_problem):
     pt, x = pretrain_problem
-    with pytest.raises(ValueError, match=r"solver='newton'.*\['exact', 'cg'\]"):
+    with pytest.raises(ValueError, match=r"solver='newton'.*\['exact', 'cg', 'lissa', 'arnoldi', 'ekfac'\]"):
         solve("newton", hvp(pt, x), torch.ones(x.numel(), 1, dtype=x.dtype), 0.0)
     e = Eigh.of(hvp(pt, x), x.numel(), x)
     out = solve("exact", hvp(pt, x), torch.ones(x.numel(), 1, dtype=x.dtype), 0.0, eigh=e)

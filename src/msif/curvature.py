@@ -1,24 +1,59 @@
-"""Curvature: Hessian-vector products and inverse-HVP solvers on a ``matvec``.
+"""Curvature: curvature-vector products and inverse-HVP solvers on a ``matvec``.
 
 Every solver solves ``(H + λ I) X = B`` for a right-hand-side matrix ``B`` of shape (p, t) — many
-test examples at once — with ``H`` the Hessian of a **mean** objective and ``λ`` the damping
-(method.md: the only damping unit in msif). Every solve returns its relative residual per column,
-``‖(H + λI) x − b‖ / ‖b‖``, so a bad solve is visible, never silent.
+test examples at once — with ``H`` the curvature (Hessian, or its Gauss–Newton approximation) of a
+**mean** objective and ``λ`` the damping (method.md: the only damping unit in msif). Every solve
+returns a :class:`Solve` with the relative residual per column against the **true** curvature
+``matvec`` (never against a solver's own approximation of it),
+
+    residual_j = ‖(H + λI) x_j − b_j‖ / ‖b_j‖,
+
+and in ``info``: ``solver``, ``damping``, ``hvps`` (curvature-vector products the solver itself used,
+one per column of each ``matvec`` call, excluding the residual check), ``converged`` and
+``non_finite_columns`` (columns whose ``x`` or curvature product ``Hx`` holds NaN/Inf — such a solve
+never counts as converged).
+
+Solvers (``SOLVERS``), one interface ``solver(matvec, B, damping, ...) -> Solve``:
+
+- ``exact``   dense eigendecomposition of H (small models; the oracle);
+- ``cg``      conjugate gradient on curvature-vector products;
+- ``lissa``   stochastic Neumann series on mini-batch curvature products (Agarwal et al. 2017);
+- ``arnoldi`` top-r eigenpairs of H by Arnoldi/Lanczos, inverse on that subspace (Schioppa et al. 2022);
+- ``ekfac``   eigenvalue-corrected K-FAC (George et al. 2018), fitted on the model's Linear/Conv2d
+  layers by :mod:`msif.kfac`; here only its solve is used.
+
+A solver name may name the two stages' solvers separately, ``<finetune>+<pretrain>`` (``cg+ekfac``:
+CG for the finetuning stage, EK-FAC for pretraining); see :func:`stage_solvers`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
-from torch.func import grad, vjp, vmap
+from torch.func import grad, jvp, vjp, vmap
+
+if TYPE_CHECKING:
+    from msif.kfac import EKFAC
 
 log = logging.getLogger(__name__)
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
-SOLVERS = ("exact", "cg")
+SOLVERS = ("exact", "cg", "lissa", "arnoldi", "ekfac")
+CURVATURES = ("hessian", "ggn")
+
+
+def stage_solvers(name: str) -> tuple[str, str]:
+    """The (finetuning, pretraining) solvers of a solver name: ``cg`` → (cg, cg), ``cg+ekfac`` → (cg, ekfac)."""
+    parts = name.split("+")
+    if len(parts) > 2 or any(p not in SOLVERS for p in parts):
+        raise ValueError(f"solver={name!r}: allowed one of {list(SOLVERS)}, or '<finetune>+<pretrain>' naming two of them "
+                         "(e.g. 'cg+ekfac')")
+    return parts[0], parts[-1]
 
 
 @dataclass
@@ -33,6 +68,27 @@ class Solve:
         return {"max_residual": float(self.residual.max()), **self.info}
 
 
+class NonFiniteError(ValueError):
+    """A tensor that must be finite holds NaN/Inf; the message names where."""
+
+
+def check_finite(what: str, x: torch.Tensor, labels: Sequence | torch.Tensor | None = None, axis: int = -1,
+                 label_name: str = "columns") -> None:
+    """Raise :class:`NonFiniteError` naming the entries along ``axis`` (or their ``labels``) holding NaN/Inf."""
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    axis = axis % x.ndim
+    others = tuple(d for d in range(x.ndim) if d != axis)
+    idx = torch.nonzero(bad.any(dim=others) if others else bad).flatten().tolist()
+    names = [labels[i].item() if isinstance(labels, torch.Tensor) else labels[i] for i in idx] if labels is not None else idx
+    raise NonFiniteError(f"{what}: non-finite (NaN/Inf) values in {label_name} {names[:20]}{' ...' if len(names) > 20 else ''}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Curvature-vector products
+
+
 def hvp(fun: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor) -> Matvec:
     """``V ↦ ∇²fun(params) V`` for V of shape (p,) or (p, t).
 
@@ -45,12 +101,68 @@ def hvp(fun: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor) -> Ma
     def one(v: torch.Tensor) -> torch.Tensor:
         return vjp_fn(v)[0]
 
+    return _columns(one)
+
+
+def ggn_matvec(outputs: Callable[[torch.Tensor], torch.Tensor], outer: Callable[[torch.Tensor], torch.Tensor],
+               params: torch.Tensor, extra: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Matvec:
+    """Generalised Gauss–Newton of ``outer(outputs(θ)) + extra(θ)``: ``V ↦ Jᵀ ∇²outer(z) J V + ∇²extra V``.
+
+    ``z = outputs(θ)`` (e.g. the logits of every example), ``J = ∂z/∂θ``, ``outer`` the loss as a
+    function of ``z`` (e.g. the weighted mean cross-entropy; ``∇²outer`` is then block-diagonal over
+    examples, ``diag(p) − ppᵀ`` for cross-entropy, and positive semi-definite), ``extra`` a term whose
+    exact Hessian is kept (the L2 / proximal regulariser). One JVP, one output-space HVP and one VJP
+    per column: the GGN is positive semi-definite where H may be indefinite (method.md).
+    """
+    params = params.detach()
+    z, vjp_fn = vjp(outputs, params)
+    _, out_vjp = vjp(grad(outer), z.detach())
+    extra_mv = hvp(extra, params) if extra is not None else None
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        _, jv = jvp(outputs, (params,), (v,))
+        out = vjp_fn(out_vjp(jv)[0])[0]
+        return out + extra_mv(v) if extra_mv is not None else out
+
+    return _columns(one)
+
+
+def _columns(one: Matvec) -> Matvec:
     many = vmap(one, in_dims=1, out_dims=1)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         return one(v) if v.ndim == 1 else many(v)
 
     return matvec
+
+
+class _Counted:
+    """A matvec that counts its products (one per column)."""
+
+    def __init__(self, matvec: Matvec):
+        self.matvec, self.count = matvec, 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.count += 1 if v.ndim == 1 else v.shape[1]
+        return self.matvec(v)
+
+
+@dataclass(frozen=True)
+class MinibatchSampler:
+    """Curvature products on random mini-batches of an objective's examples (for LiSSA).
+
+    ``draw(generator)`` returns the ``matvec`` of the curvature of the objective restricted to one
+    uniformly drawn mini-batch — mean loss over the batch plus the full regulariser, an unbiased
+    estimate of the full curvature. ``fraction`` = batch size / number of examples: the cost of one
+    mini-batch product relative to a full one.
+    """
+
+    draw: Callable[[torch.Generator], Matvec]
+    fraction: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
 
 
 def dense_matrix(matvec: Matvec, p: int, like: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -65,6 +177,36 @@ def relative_residual(matvec: Matvec, x: torch.Tensor, b: torch.Tensor, damping:
     """``‖(H + λI) x − b‖ / ‖b‖`` per column."""
     r = matvec(x) + damping * x - b
     return r.norm(dim=0) / b.norm(dim=0).clamp_min(torch.finfo(b.dtype).tiny)
+
+
+def _finish(name: str, matvec: Matvec, x: torch.Tensor, b: torch.Tensor, squeeze: bool, damping: float, tol: float | None,
+            info: dict, threshold: float | None = None) -> Solve:
+    """Residual against the true matvec, non-finite columns, ``converged``; a warning when it is not.
+
+    ``converged``: a finite solution whose every residual is ``≤ threshold`` (default ``tol``; with
+    ``tol=None`` — a direct solve — finite is enough).
+    """
+    finite = torch.isfinite(x).all(dim=0)
+    res = relative_residual(matvec, torch.where(finite, x, torch.zeros_like(x)), b, damping)
+    res = torch.where(finite, res, torch.full_like(res, math.nan))
+    bad = torch.nonzero(~torch.isfinite(res)).flatten().tolist()  # x, or the curvature product of x, is NaN/Inf
+    threshold = threshold if threshold is not None else tol
+    converged = not bad and (threshold is None or bool((res <= threshold).all()))
+    info = {"solver": name, "damping": damping, **info, **({"tol": tol} if tol is not None else {}), "converged": converged,
+            "non_finite_columns": bad}
+    if bad:
+        log.warning("%s: non-finite (NaN/Inf) solution or curvature product in columns %s", name, bad[:20])
+    elif not converged:
+        log.warning("%s did not converge: max relative residual %.3e (threshold %.1e)", name, float(res.max()), threshold)
+    return Solve(x[:, 0] if squeeze else x, res, info)
+
+
+def _as_matrix(b: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    return (b, False) if b.ndim == 2 else (b[:, None], True)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact
 
 
 @dataclass
@@ -91,22 +233,28 @@ class Eigh:
 
 def exact_solve(matvec: Matvec, b: torch.Tensor, damping: float = 0.0, eigh: Eigh | None = None) -> Solve:
     """The oracle: dense ``(H + λI)⁻¹ B`` through an eigendecomposition of H (small models only)."""
-    b2 = b if b.ndim == 2 else b[:, None]
+    b2, squeeze = _as_matrix(b)
+    hvps = 0 if eigh is not None else b2.shape[0]
     eigh = eigh or Eigh.of(matvec, b2.shape[0], b2)
     x = eigh.solve(b2, damping)
-    res = relative_residual(matvec, x, b2, damping)
-    info = {"solver": "exact", "damping": damping, "min_eigenvalue": float(eigh.values.min()), "max_eigenvalue": float(eigh.values.max())}
-    return Solve(x if b.ndim == 2 else x[:, 0], res, info)
+    info = {"hvps": hvps, "min_eigenvalue": float(eigh.values.min()), "max_eigenvalue": float(eigh.values.max())}
+    return _finish("exact", matvec, x, b2, squeeze, damping, None, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# cg
 
 
 def cg(matvec: Matvec, b: torch.Tensor, damping: float = 0.0, tol: float = 1e-10, max_iter: int = 1000) -> Solve:
     """Conjugate gradient on ``(H + λI) X = B``, one independent CG per column, batched.
 
-    Stops a column when ``‖r‖/‖b‖ ≤ tol``. Negative curvature ``pᵀ(H+λI)p ≤ 0`` (H + λI not positive
-    definite) stops that column and is reported in ``info['negative_curvature']``.
+    Stops a column when ``‖r‖/‖b‖ ≤ tol``; ``converged`` when every column's true residual is
+    ``≤ 10·tol``. Negative curvature ``pᵀ(H+λI)p ≤ 0`` (H + λI not positive definite) stops that
+    column and is reported in ``info['negative_curvature']``.
     """
-    b2 = b if b.ndim == 2 else b[:, None]
-    a = (lambda v: matvec(v) + damping * v) if damping else matvec
+    b2, squeeze = _as_matrix(b)
+    counted = _Counted(matvec)
+    a = (lambda v: counted(v) + damping * v) if damping else counted
     x = torch.zeros_like(b2)
     r = b2.clone()
     p = r.clone()
@@ -129,16 +277,66 @@ def cg(matvec: Matvec, b: torch.Tensor, damping: float = 0.0, tol: float = 1e-10
         p = r + beta * p
         rs = rs_new
         it += 1
-    res = relative_residual(matvec, x, b2, damping)
-    info = {"solver": "cg", "damping": damping, "iterations": it, "hvps": it, "tol": tol,
-            "converged": bool((res <= 10 * tol).all()), "negative_curvature": bool(negative.any())}
-    if not info["converged"]:
-        log.warning("CG did not converge: max relative residual %.3e after %d iterations (tol %.1e)", float(res.max()), it, tol)
-    return Solve(x if b.ndim == 2 else x[:, 0], res, info)
+    info = {"iterations": it, "hvps": counted.count, "max_iter": max_iter, "negative_curvature": bool(negative.any())}
+    return _finish("cg", matvec, x, b2, squeeze, damping, tol, info, threshold=10 * tol)
 
 
-def lanczos_extremes(matvec: Matvec, p: int, like: torch.Tensor, iters: int = 60, seed: int = 0) -> tuple[float, float]:
-    """Estimates of the smallest and largest eigenvalue of H by ``iters`` Lanczos steps (full reorthogonalisation)."""
+# ---------------------------------------------------------------------------------------------
+# lissa
+
+
+def lissa(matvec: Matvec, b: torch.Tensor, damping: float = 0.0, *, sampler: MinibatchSampler | None = None,
+          scale: float | None = None, depth: int = 1000, repeats: int = 1, seed: int = 0, tol: float = 1e-2) -> Solve:
+    """LiSSA (Agarwal et al. 2017, as used by Koh & Liang 2017): a stochastic truncated Neumann series,
+
+        x₀ = b,   x_j = b + (I − (H_j + λI)/scale) x_{j−1}   (j = 1..depth),   X ≈ x_depth / scale,
+
+    averaged over ``repeats`` independent recursions. ``H_j`` is the curvature on the j-th random
+    mini-batch (``sampler.draw``); without a sampler it is the full ``matvec`` (a deterministic
+    Neumann series). The recursion contracts only if ``scale > λ_max(H_j + λI)`` for every batch;
+    the full-batch error then decays like ``(1 − (λ_min + λ)/scale)^depth``, so ill-conditioned H
+    needs a depth of many times ``scale/(λ_min + λ)`` and the stochastic version keeps a variance
+    floor. ``scale=None`` picks ``2·(λ_max + λ)`` from 20 Lanczos steps on the full matvec (counted in
+    ``hvps``). Seeded by ``seed``; ``converged`` means every column's true residual is ``≤ tol``.
+    """
+    b2, squeeze = _as_matrix(b)
+    counted = _Counted(matvec)
+    if scale is None:
+        _, hi = lanczos_extremes(counted, b2.shape[0], b2, iters=20, seed=seed)
+        scale = 2.0 * (hi + damping)
+    if not scale > 0:
+        raise ValueError(f"lissa.scale={scale}: must be > 0 (and above the largest eigenvalue of H + λI)")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    steps = 0
+    total = torch.zeros_like(b2)
+    for _ in range(repeats):
+        x = b2.clone()
+        for _ in range(depth):
+            mv = sampler.draw(gen) if sampler is not None else counted
+            x = b2 + x - (mv(x) + damping * x) / scale
+            steps += 1
+            if not bool(torch.isfinite(x).all()):
+                break
+        total += x / scale
+    x = total / repeats
+    product_cols = steps * b2.shape[1]
+    fraction = sampler.fraction if sampler is not None else 1.0
+    info = {"hvps": counted.count + (product_cols if sampler is not None else 0), "scale": scale, "depth": depth,
+            "repeats": repeats, "seed": seed, "minibatch_fraction": fraction,
+            "full_hvp_equivalents": counted.count + (product_cols * fraction if sampler is not None else 0)}
+    return _finish("lissa", matvec, x, b2, squeeze, damping, tol, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# arnoldi / lanczos
+
+
+def lanczos(matvec: Matvec, p: int, like: torch.Tensor, iters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``iters`` Lanczos steps (Arnoldi on a symmetric matvec) with full reorthogonalisation.
+
+    Returns the orthonormal Krylov basis ``Q`` (p, k), the tridiagonal ``T = QᵀHQ`` (k, k) and the
+    last off-diagonal ``β_k`` (for Ritz residuals ``|β_k · u_last|``); ``k < iters`` on breakdown.
+    """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(p, generator=gen, dtype=like.dtype).to(like.device)
     q /= q.norm()
@@ -149,30 +347,188 @@ def lanczos_extremes(matvec: Matvec, p: int, like: torch.Tensor, iters: int = 60
         alpha = float(w @ q)
         w -= alpha * q
         basis = torch.stack(qs, 1)
-        w -= basis @ (basis.T @ w)
+        for _ in range(2):  # "twice is enough"
+            w -= basis @ (basis.T @ w)
         alphas.append(alpha)
         beta = float(w.norm())
-        if beta < 1e-12:
+        if beta < 1e-12 or len(alphas) == min(iters, p):
             break
         betas.append(beta)
         q_prev, q = q, w / beta
         qs.append(q)
     k = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    off = torch.tensor(betas[: k - 1], dtype=torch.float64)
+    t = torch.diag(torch.tensor(alphas, dtype=like.dtype))
+    off = torch.tensor(betas[: k - 1], dtype=like.dtype)
     t += torch.diag(off, 1) + torch.diag(off, -1)
-    ev = torch.linalg.eigvalsh(t)
+    return torch.stack(qs[:k], 1), t.to(like.device), beta
+
+
+def lanczos_extremes(matvec: Matvec, p: int, like: torch.Tensor, iters: int = 60, seed: int = 0) -> tuple[float, float]:
+    """Estimates of the smallest and largest eigenvalue of H by ``iters`` Lanczos steps (full reorthogonalisation)."""
+    _, t, _ = lanczos(matvec, p, like, iters, seed)
+    if not bool(torch.isfinite(t).all()):
+        return math.nan, math.nan
+    ev = torch.linalg.eigvalsh(t.double().cpu())
     return float(ev[0]), float(ev[-1])
 
 
-def solve(name: str, matvec: Matvec, b: torch.Tensor, damping: float, options: dict | None = None, eigh: Eigh | None = None) -> Solve:
-    """Dispatch to a solver by name (config ``influence.solvers``)."""
-    options = options or {}
+@dataclass
+class LowRank:
+    """Top-``rank`` eigenpairs of H (largest ``|eigenvalue|``) from Arnoldi/Lanczos: ``H ≈ V diag(values) Vᵀ``.
+
+    ``solve`` inverts on that subspace only, ``x = V diag(1/(values + λ)) Vᵀ b`` (Schioppa et al.
+    2022): the part of ``b`` outside the top-r eigenspace is dropped, so the residual is at least
+    ``‖(I − VVᵀ) b‖ / ‖b‖`` — small only when the right-hand sides live in the top eigenspace.
+    Fitted once per stage (``iters`` products), reused for every right-hand side.
+    """
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, matvec: Matvec, p: int, like: torch.Tensor, rank: int, iters: int, seed: int = 0) -> LowRank:
+        if rank < 1 or iters < rank:
+            raise ValueError(f"arnoldi: rank={rank}, iters={iters}; need 1 <= rank <= iters")
+        counted = _Counted(matvec)
+        q, t, beta = lanczos(counted, p, like, iters, seed)
+        if not bool(torch.isfinite(t).all()):
+            nan = torch.full((min(rank, t.shape[0]),), math.nan, dtype=like.dtype, device=like.device)
+            return cls(nan, torch.full((p, len(nan)), math.nan, dtype=like.dtype, device=like.device),
+                       {"hvps": counted.count, "rank": len(nan), "krylov_dim": int(q.shape[1]), "max_ritz_residual": math.nan})
+        theta, u = torch.linalg.eigh(t)
+        keep = torch.argsort(theta.abs(), descending=True)[:rank]
+        values, vectors = theta[keep], q @ u[:, keep]
+        ritz = (beta * u[-1, keep]).abs() / values.abs().clamp_min(torch.finfo(values.dtype).tiny)
+        info = {"hvps": counted.count, "rank": len(keep), "krylov_dim": int(q.shape[1]),
+                "ritz_values": [float(values.min()), float(values.max())], "max_ritz_residual": float(ritz.max())}
+        return cls(values, vectors, info)
+
+    def solve(self, b: torch.Tensor, damping: float) -> torch.Tensor:
+        return self.vectors @ ((self.vectors.T @ b) / (self.values + damping)[:, None])
+
+
+def arnoldi(matvec: Matvec, b: torch.Tensor, damping: float = 0.0, *, rank: int = 100, iters: int = 200, seed: int = 0,
+            tol: float = 1e-2, fit: LowRank | None = None) -> Solve:
+    """``(H + λI)⁻¹ B`` on the top-``rank`` eigenspace of H (:class:`LowRank`; fitted here unless ``fit`` is given).
+
+    ``info['negative_curvature']``: a kept eigenvalue has ``value + λ ≤ 0``. ``converged``: the
+    true residual of every column is ``≤ tol``.
+    """
+    b2, squeeze = _as_matrix(b)
+    fit = fit or LowRank.fit(matvec, b2.shape[0], b2, rank, iters, seed)
+    x = fit.solve(b2, damping)
+    info = {**fit.info, "seed": seed, "negative_curvature": bool(((fit.values + damping) <= 0).any())}
+    return _finish("arnoldi", matvec, x, b2, squeeze, damping, tol, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# ekfac (the factorisation is fitted by msif.kfac; the solve sees only its factors)
+
+
+def ekfac_solve(matvec: Matvec, b: torch.Tensor, damping: float, factors: EKFAC, tol: float = 1e-2) -> Solve:
+    """``(F̂ + λI)⁻¹ B`` with ``F̂`` a fitted EK-FAC (:class:`msif.kfac.EKFAC`), residual against the true matvec."""
+    b2, squeeze = _as_matrix(b)
+    x = factors.solve(b2, damping)
+    return _finish("ekfac", matvec, x, b2, squeeze, damping, tol, {"hvps": 0, **factors.info})
+
+
+# ---------------------------------------------------------------------------------------------
+# Options and dispatch
+
+
+@dataclass(frozen=True)
+class LissaOptions:
+    """Config block ``influence.lissa`` (defaults equal the schema's)."""
+
+    scale: float | None = None
+    depth: int = 1000
+    repeats: int = 1
+    batch_size: int | None = 64
+    seed: int = 0
+    tol: float = 1e-2
+
+    def __post_init__(self):
+        _check_positive("lissa", self, ("depth", "repeats", "tol"), optional=("scale", "batch_size"))
+
+
+@dataclass(frozen=True)
+class ArnoldiOptions:
+    """Config block ``influence.arnoldi`` (defaults equal the schema's)."""
+
+    rank: int = 100
+    iters: int = 200
+    seed: int = 0
+    tol: float = 1e-2
+
+    def __post_init__(self):
+        _check_positive("arnoldi", self, ("rank", "iters", "tol"))
+        if self.iters < self.rank:
+            raise ValueError(f"influence.arnoldi.iters={self.iters} < influence.arnoldi.rank={self.rank}: need iters >= rank")
+
+
+@dataclass(frozen=True)
+class EKFACOptions:
+    """Config block ``influence.ekfac`` (defaults equal the schema's)."""
+
+    batch_size: int = 256
+    tol: float = 1e-2
+
+    def __post_init__(self):
+        _check_positive("ekfac", self, ("batch_size", "tol"))
+
+
+def _check_positive(block: str, obj, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    for k in keys + optional:
+        v = getattr(obj, k)
+        if (v is None and k in optional) or (isinstance(v, int | float) and v > 0):
+            continue
+        raise ValueError(f"influence.{block}.{k}={v!r}: must be > 0" + (" or null" if k in optional else ""))
+
+
+def options_of(cls, block: dict | None):
+    """A frozen options object from a config block, naming an unknown key and the allowed ones."""
+    block = dict(block or {})
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}: allowed {allowed}")
+    return cls(**block)
+
+
+def solve(name: str, matvec: Matvec, b: torch.Tensor, damping: float, options: dict | None = None, eigh: Eigh | None = None, *,
+          sampler: MinibatchSampler | None = None, ekfac: EKFAC | Callable[[], EKFAC] | None = None,
+          lanczos_iters: int | None = None) -> Solve:
+    """Dispatch to a solver by name (one of ``SOLVERS``), ``options`` its config block (``influence.<name>``).
+
+    ``lissa`` uses ``sampler`` when given (mini-batch products), else the full matvec; ``ekfac``
+    needs a fitted EK-FAC (or a zero-argument callable fitting one), since it sees layers, not a
+    matvec. Every iterative solver also reports a Lanczos estimate of H's extreme eigenvalues
+    (``lanczos_iters`` products, default ``options['lanczos_iters']`` or 60; not counted in ``hvps``).
+    """
+    options = dict(options or {})
+    check_finite("right-hand side B", b if b.ndim == 2 else b[:, None], label_name="columns")
     if name == "exact":
         return exact_solve(matvec, b, damping, eigh=eigh)
+    iters = lanczos_iters or options.pop("lanczos_iters", 60)
+    options.pop("lanczos_iters", None)
     if name == "cg":
         out = cg(matvec, b, damping, tol=options.get("tol", 1e-10), max_iter=options.get("max_iter", 1000))
-        lo, hi = lanczos_extremes(matvec, b.shape[0], b, iters=options.get("lanczos_iters", 60))
-        out.info.update(min_eigenvalue=lo, max_eigenvalue=hi, eigenvalue_method="lanczos")
-        return out
-    raise ValueError(f"solver={name!r}: allowed {list(SOLVERS)}")
+    elif name == "lissa":
+        o = options_of(LissaOptions, options)
+        out = lissa(matvec, b, damping, sampler=sampler if o.batch_size is not None else None, scale=o.scale, depth=o.depth,
+                    repeats=o.repeats, seed=o.seed, tol=o.tol)
+    elif name == "arnoldi":
+        o = options_of(ArnoldiOptions, options)
+        out = arnoldi(matvec, b, damping, rank=o.rank, iters=o.iters, seed=o.seed, tol=o.tol)
+    elif name == "ekfac":
+        o = options_of(EKFACOptions, options)
+        if ekfac is None:
+            raise ValueError("solver='ekfac' needs a fitted EK-FAC (msif.kfac.EKFAC.fit on the stage's layers): "
+                             "call it through msif.operators.stage_solve, or pass ekfac=")
+        out = ekfac_solve(matvec, b, damping, ekfac() if callable(ekfac) else ekfac, tol=o.tol)
+    else:
+        raise ValueError(f"solver={name!r}: allowed {list(SOLVERS)}")
+    lo, hi = lanczos_extremes(matvec, b.shape[0], b, iters=iters)
+    out.info.update(min_eigenvalue=lo, max_eigenvalue=hi, eigenvalue_method="lanczos")
+    return out

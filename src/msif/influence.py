@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, vmap
 
-from msif.curvature import Eigh, Solve, hvp, solve
+from msif.curvature import Eigh, Solve, check_finite, stage_solvers
 from msif.data import Split
 from msif.objectives import FinetuneObjective, PretrainObjective, finetune_losses, pretrain_losses
+from msif.operators import stage_solve
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,14 @@ def test_loss_grads(ft: FinetuneObjective, params: torch.Tensor, test: Split) ->
 
 
 def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solver: str, damping: float, options: dict | None = None) -> Solve:
-    """``v = (H_ft + λI)⁻¹ ∇f`` (fixed: over Θ) or ``(H̃_ft + λI)⁻¹ ∇_{Θ,W} f`` (updated), all tests at once."""
+    """``v = (H_ft + λI)⁻¹ ∇f`` (fixed: over Θ) or ``(H̃_ft + λI)⁻¹ ∇_{Θ,W} f`` (updated), all tests at once.
+
+    ``solver``: a name of ``msif.curvature.SOLVERS`` or ``<finetune>+<pretrain>`` (this stage uses the
+    first); ``options``: the ``influence`` config block (``curvature`` and per-solver blocks).
+    """
     rhs = test_loss_grads(ft, params, test)
-    return solve(solver, hvp(ft, params), rhs, damping, options)
+    check_finite("test-loss gradients ∇f", rhs, labels=test.ids, label_name="test example ids")
+    return stage_solve(ft, params, rhs, stage_solvers(solver)[0], damping, options)
 
 
 def cross_stage_vector(ft: FinetuneObjective, params: torch.Tensor, test: Split, v: torch.Tensor) -> torch.Tensor:
@@ -72,9 +78,9 @@ def cross_stage_vector(ft: FinetuneObjective, params: torch.Tensor, test: Split,
 
 def pretrain_ihvp(pt: PretrainObjective, params: torch.Tensor, g: torch.Tensor, solver: str, damping: float,
                   options: dict | None = None, eigh: Eigh | None = None) -> Solve:
-    """``s = (H_pt + λI)⁻¹ [g; 0]``: the W-block right-hand side padded with zeros on the U block."""
+    """``s = (H_pt + λI)⁻¹ [g; 0]``: the W-block right-hand side padded with zeros on the U block (solver as in finetune_ihvp, the second)."""
     rhs = torch.cat([g, torch.zeros(params.numel() - g.shape[0], g.shape[1], dtype=g.dtype, device=g.device)])
-    return solve(solver, hvp(pt, params), rhs, damping, options, eigh=eigh)
+    return stage_solve(pt, params, rhs, stage_solvers(solver)[1], damping, options, eigh=eigh)
 
 
 def per_example_grads(pt: PretrainObjective, params: torch.Tensor, data: Split, batch_size: int) -> Iterator[tuple[slice, torch.Tensor]]:

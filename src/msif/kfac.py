@@ -1,0 +1,238 @@
+"""EK-FAC: eigenvalue-corrected Kronecker-factored curvature for Linear and Conv2d layers.
+
+For a layer with input patches ``a`` (bias: a trailing 1) and output gradients ``g``, the
+per-example weight gradient is ``G = Σ_l g_l a_lᵀ`` (l: positions — one for a Linear on a vector,
+the output pixels of a Conv2d). K-FAC (Martens & Grosse 2015; Grosse & Martens 2016 for conv)
+approximates the layer's block of the Gauss–Newton/Fisher matrix by ``A ⊗ S`` with
+
+    A = Σ_i w_i Σ_l a_il a_ilᵀ,      S = Σ_i w_i Σ_k Σ_l g_ikl g_iklᵀ,      w_i = c_i / N,
+
+and EK-FAC (George et al. 2018) keeps the eigenbases ``Q_A``, ``Q_S`` but replaces the Kronecker
+eigenvalues by the exact second moments of the gradients in that basis,
+
+    Λ = Σ_i w_i Σ_k (Q_Sᵀ G_ik Q_A)²      (elementwise square),
+
+which is the diagonal of the true GGN block in the Kronecker eigenbasis. ``k`` runs over the columns
+of ``L_i`` with ``L_i L_iᵀ = ∇²_z ℓ(z_i, y_i)`` (the loss's output Hessian): ``g_ik`` is the output
+gradient of the pseudo-loss ``L_ikᵀ z``, so the expectation over labels of the true Fisher is taken
+exactly rather than sampled (for cross-entropy ``L_ik = √p_k (e_k − p)``, the Fisher of a label
+``k ~ p``; Grosse et al. 2023 use this curvature for influence). Hence EK-FAC approximates the
+**GGN**, also when ``influence.curvature = hessian``; the solvers' residual is taken against the
+configured true curvature, so the approximation error is visible.
+
+The inverse per layer, with the regulariser's (constant per layer) diagonal ``ρ`` and damping λ:
+
+    (F̂ + ρI + λI)⁻¹ v = Q_S [(Q_Sᵀ V Q_A) / (Λ + ρ + λ)] Q_Aᵀ,     V = v as an (out, in[+1]) matrix.
+
+Layers are independent (block-diagonal). Parameters of the stage outside a supported layer (other
+module types, a Conv2d with groups ≠ 1, string padding or non-zero padding mode, weights shared
+between modules) get the regulariser and damping only, ``x = v / (ρ + λ)``; they are listed in
+``info['unsupported']``. Fitting takes two passes over the stage's examples, each one forward and
+C (outputs per example) backward passes per batch; the fit is done once per stage and reused for
+every right-hand side. Examples must be independent in a batch (no batch-norm in training mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from msif.operators import Stage
+
+log = logging.getLogger(__name__)
+
+
+def _supported(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return False
+
+
+@dataclass
+class Layer:
+    """One Kronecker-factored layer: where its weight (out, d₀) and bias (out,) sit in the flat vector, and its factors."""
+
+    name: str
+    module: nn.Module
+    weight_offset: int
+    out: int
+    d0: int
+    bias_offset: int | None
+    qa: torch.Tensor | None = None
+    qs: torch.Tensor | None = None
+    eigenvalues: torch.Tensor | None = None
+    reg: float = 0.0
+
+    @property
+    def d(self) -> int:
+        return self.d0 + (self.bias_offset is not None)
+
+    def indices(self) -> list[int]:
+        idx = list(range(self.weight_offset, self.weight_offset + self.out * self.d0))
+        return idx + (list(range(self.bias_offset, self.bias_offset + self.out)) if self.bias_offset is not None else [])
+
+    def gather(self, v: torch.Tensor) -> torch.Tensor:
+        """The layer's part of ``v`` (p, t) as matrices (t, out, d): ``[W | b]``."""
+        w = v[self.weight_offset : self.weight_offset + self.out * self.d0].reshape(self.out, self.d0, -1)
+        if self.bias_offset is not None:
+            w = torch.cat([w, v[self.bias_offset : self.bias_offset + self.out, None, :]], dim=1)
+        return w.permute(2, 0, 1)
+
+    def scatter(self, m: torch.Tensor, into: torch.Tensor) -> None:
+        """Write matrices (t, out, d) back into ``into`` (p, t)."""
+        m = m.permute(1, 2, 0)
+        into[self.weight_offset : self.weight_offset + self.out * self.d0] = m[:, : self.d0].reshape(self.out * self.d0, -1)
+        if self.bias_offset is not None:
+            into[self.bias_offset : self.bias_offset + self.out] = m[:, self.d0]
+
+    def patches(self, inp: torch.Tensor) -> torch.Tensor:
+        """Input patches ``a`` (n, L, d) of one call, with the trailing 1 for the bias."""
+        if isinstance(self.module, nn.Conv2d):
+            m = self.module
+            a = F.unfold(inp, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride).transpose(1, 2)
+        else:
+            a = inp.reshape(inp.shape[0], -1, inp.shape[-1])
+        if self.bias_offset is not None:
+            a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+        return a
+
+    def output_grads(self, g: torch.Tensor) -> torch.Tensor:
+        """Output gradients (n, L, out) of one call."""
+        if isinstance(self.module, nn.Conv2d):
+            return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
+        return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+def find_layers(stage: Stage) -> tuple[list[Layer], list[str], torch.Tensor]:
+    """The stage's supported layers, the names of its other parameters, and a mask (p,) of those."""
+    layers, covered = [], set()
+    p = sum(b.spec.numel for b in stage.blocks)
+    for block in stage.blocks:
+        offsets = _offsets(block)
+        for mod_name, module in block.module.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            w, b = offsets.get(prefix + "weight"), offsets.get(prefix + "bias")
+            has_bias = getattr(module, "bias", None) is not None
+            if not _supported(module) or w is None or (has_bias and b is None):
+                continue
+            out, d0 = w[1][0], int(torch.Size(w[1][1:]).numel())
+            layer = Layer(f"{block.name}.{mod_name}" if mod_name else block.name, module, w[0], out, d0, b[0] if has_bias else None)
+            layers.append(layer)
+            covered.update(layer.indices())
+    other = torch.ones(p, dtype=torch.bool)
+    other[sorted(covered)] = False
+    names = [f"{blk.name}.{n}" for blk in stage.blocks for n, (o, s) in _offsets(blk).items()
+             if other[o : o + int(torch.Size(s).numel())].any()]
+    return layers, names, other
+
+
+def _offsets(block) -> dict[str, tuple[int, tuple]]:
+    out, start = {}, block.offset
+    for name, shape in zip(block.spec.names, block.spec.shapes, strict=True):
+        out[name] = (start, shape)
+        start += int(torch.Size(shape).numel())
+    return out
+
+
+def _layer_statistics(stage: Stage, params: torch.Tensor, layers: list[Layer], batch_size: int, visit) -> None:
+    """For every batch: one forward with hooks on the layers, then one backward per output-Hessian column k;
+    ``visit(layer, a (n, L, d), g (n, L, out), w (n,))`` for every layer, call and k."""
+    for start in range(0, stage.n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, stage.n), device=stage.x.device)
+        calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(layers))}
+        hooks = [layer.module.register_forward_hook(lambda _m, inp, out, i=i, calls=calls: calls[i].append((inp[0].detach(), out)))
+                 for i, layer in enumerate(layers)]
+        try:
+            with torch.enable_grad():
+                p = params.detach().requires_grad_(True)
+                z = stage.outputs(p, stage.x[idx])
+        finally:
+            for h in hooks:
+                h.remove()
+        factors = stage.output_hessian_factors(z, stage.y[idx])  # (n, C, C)
+        w = stage.example_weights(idx)
+        flat = [(i, a, s) for i, c in calls.items() for a, s in c]
+        acts = [layers[i].patches(a) for i, a, _ in flat]
+        for k in range(factors.shape[2]):
+            if not bool(factors[:, :, k].any()):
+                continue
+            grads = torch.autograd.grad(z, [s for _, _, s in flat], grad_outputs=factors[:, :, k], retain_graph=True,
+                                        allow_unused=True)
+            for (i, _, _), a, g in zip(flat, acts, grads, strict=True):
+                if g is not None:
+                    visit(layers[i], a, layers[i].output_grads(g), w, k == 0)
+
+
+@dataclass
+class EKFAC:
+    """A fitted EK-FAC of one stage: per-layer eigenbases and corrected eigenvalues, plus the rest's diagonal."""
+
+    layers: list[Layer]
+    other: torch.Tensor
+    other_reg: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, stage: Stage, params: torch.Tensor, batch_size: int = 256) -> EKFAC:
+        """Kronecker factors (pass 1), their eigenbases, then the eigenvalue correction (pass 2)."""
+        t0 = time.perf_counter()
+        layers, unsupported, other = find_layers(stage)
+        reg = stage.reg_diagonal(params)
+        dt = params.dtype
+        a_fac = {id(la): torch.zeros(la.d, la.d, dtype=dt, device=params.device) for la in layers}
+        s_fac = {id(la): torch.zeros(la.out, la.out, dtype=dt, device=params.device) for la in layers}
+
+        def factors(layer: Layer, a: torch.Tensor, g: torch.Tensor, w: torch.Tensor, first_k: bool) -> None:
+            if first_k:
+                a_fac[id(layer)] += torch.einsum("n,nld,nle->de", w, a, a)
+            s_fac[id(layer)] += torch.einsum("n,nlo,nlq->oq", w, g, g)
+
+        _layer_statistics(stage, params, layers, batch_size, factors)
+        for layer in layers:
+            _, layer.qa = torch.linalg.eigh(a_fac[id(layer)])
+            _, layer.qs = torch.linalg.eigh(s_fac[id(layer)])
+            layer.eigenvalues = torch.zeros(layer.out, layer.d, dtype=dt, device=params.device)
+            r = reg[layer.indices()]
+            if not bool((r == r[0]).all()):
+                raise ValueError(f"EK-FAC layer {layer.name}: the regulariser's diagonal varies inside the layer "
+                                 f"({float(r.min())}..{float(r.max())}); it must be constant per layer")
+            layer.reg = float(r[0])
+
+        def correction(layer: Layer, a: torch.Tensor, g: torch.Tensor, w: torch.Tensor, _first_k: bool) -> None:
+            grad = torch.einsum("nlo,nld->nod", g @ layer.qs, a @ layer.qa)
+            layer.eigenvalues += torch.einsum("n,nod->od", w, grad.square())
+
+        _layer_statistics(stage, params, layers, batch_size, correction)
+        fit = cls(layers, other.to(params.device), reg[other.to(params.device)])
+        lam = [la.eigenvalues.min() + la.reg for la in layers]
+        fit.info = {"layers": [la.name for la in layers], "unsupported": unsupported, "fit_passes": 2,
+                    "fit_seconds": time.perf_counter() - t0,
+                    "ekfac_min_eigenvalue": float(min(lam)) if lam else float("nan"),
+                    "ekfac_max_eigenvalue": float(max(la.eigenvalues.max() + la.reg for la in layers)) if layers else float("nan")}
+        if unsupported:
+            log.warning("EK-FAC: parameters outside Linear/Conv2d layers get the regulariser and damping only: %s", unsupported)
+        return fit
+
+    def solve(self, b: torch.Tensor, damping: float) -> torch.Tensor:
+        """``(F̂ + ρ + λI)⁻¹ B`` for B (p, t)."""
+        x = torch.empty_like(b)
+        for layer in self.layers:
+            v = layer.gather(b)
+            rot = layer.qs.T @ v @ layer.qa
+            layer.scatter(layer.qs @ (rot / (layer.eigenvalues + layer.reg + damping)) @ layer.qa.T, x)
+        if bool(self.other.any()):
+            shifted = self.other_reg + damping
+            if not bool((shifted > 0).all()):
+                raise ValueError(f"EK-FAC: parameters {self.info.get('unsupported')} are outside supported layers and have "
+                                 f"no regulariser; they need damping λ > 0 (influence.damping={damping})")
+            x[self.other] = b[self.other] / shifted[:, None]
+        return x

@@ -1,0 +1,309 @@
+"""The solver suite (LiSSA, Arnoldi, EK-FAC, GGN) against dense float64 oracles on tiny problems.
+
+Residual bounds (relative, ‖(H+λI)x − b‖/‖b‖ against the true curvature):
+- exact, CG: tight (≤ 1e-9);
+- LiSSA: full-batch with depth from the contraction bound: ≤ 1e-6; mini-batch: loose, the error
+  against the dense solve ≤ 0.35 (a variance floor, not a bug);
+- Arnoldi: exact on the top-r eigenspace — equals the dense solve projected on the true top-r
+  eigenvectors (≤ 1e-6), so its residual equals ‖(I − P_r) b‖/‖b‖, loose by design;
+- EK-FAC: equals the dense K-FAC-with-eigenvalue-correction oracle (≤ 1e-9); its residual against the
+  true curvature is whatever the Kronecker approximation leaves.
+"""
+
+import math
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.func import functional_call, hessian, jacrev
+
+from msif.curvature import (
+    ArnoldiOptions,
+    EKFACOptions,
+    LissaOptions,
+    NonFiniteError,
+    arnoldi,
+    cg,
+    dense_matrix,
+    ekfac_solve,
+    lissa,
+    solve,
+    stage_solvers,
+)
+from msif.data import Split
+from msif.influence import finetune_ihvp
+from msif.kfac import EKFAC
+from msif.models import TwoStageModel
+from msif.objectives import PretrainObjective
+from msif.operators import Stage, stage_solve
+from oracles import DT, dense_ggn, finetuned, one_layer_ekfac, tiny_problem
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data, model, pt, pt_params, theta0 = tiny_problem(n=30, hidden=4)
+    w_pt = pt_params[: model.w_spec.numel]
+    stages = {"pretrain": (pt, pt_params)}
+    for scenario, alpha in (("fixed", 0.0), ("updated", 0.5)):
+        stages[scenario] = finetuned(model, data, w_pt, theta0, scenario, alpha)
+    return data, model, stages
+
+
+def rhs(p: int, t: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn(p, t, dtype=DT, generator=torch.Generator().manual_seed(seed))
+
+
+def dense_solve(obj, x, b, damping, curvature="hessian"):
+    c = hessian(obj)(x) if curvature == "hessian" else dense_ggn(obj, x)
+    return torch.linalg.solve(c + damping * torch.eye(x.numel(), dtype=DT), b)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "fixed", "updated"])
+def test_stage_decomposition_equals_the_objective(problem, stage):
+    _, _, stages = problem
+    obj, x = stages[stage]
+    st = Stage.of(obj)
+    torch.testing.assert_close(st(x), obj(x), rtol=1e-14, atol=1e-14)
+    v = rhs(x.numel(), 2)
+    torch.testing.assert_close(st.matvec(x, "hessian", torch.arange(st.n))(v), hessian(obj)(x) @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "fixed", "updated"])
+def test_ggn_equals_dense_jt_h_j(problem, stage):
+    _, _, stages = problem
+    obj, x = stages[stage]
+    g = dense_ggn(obj, x)
+    torch.testing.assert_close(dense_matrix(Stage.of(obj).matvec(x, "ggn"), x.numel(), x), g, rtol=1e-10, atol=1e-12)
+    assert torch.linalg.eigvalsh(g).min() > 0  # PSD + the L2 / proximal term
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+@pytest.mark.parametrize("stage", ["pretrain", "updated"])
+def test_cg_and_exact_through_stage_solve_are_tight(problem, stage, curvature):
+    _, _, stages = problem
+    obj, x = stages[stage]
+    b = rhs(x.numel())
+    truth = dense_solve(obj, x, b, 1e-3, curvature)
+    for name in ("exact", "cg"):
+        out = stage_solve(obj, x, b, name, 1e-3, {"curvature": curvature, "cg": {"tol": 1e-12, "max_iter": 500}})
+        torch.testing.assert_close(out.x, truth, rtol=1e-7, atol=1e-9)
+        assert out.residual.max() <= 1e-9 and out.info["converged"] and out.info["curvature"] == curvature
+
+
+def test_lissa_full_batch_converges_at_the_contraction_rate(problem):
+    obj, x = problem[2]["pretrain"]
+    damping = 0.05
+    ev = torch.linalg.eigvalsh(hessian(obj)(x))
+    scale = 1.05 * float(ev[-1] + damping)
+    depth = math.ceil(math.log(1e-9) / math.log(1 - float(ev[0] + damping) / scale))
+    b = rhs(x.numel())
+    out = lissa(Stage.of(obj).matvec(x), b, damping, scale=scale, depth=depth, tol=1e-6)
+    torch.testing.assert_close(out.x, dense_solve(obj, x, b, damping), rtol=1e-6, atol=1e-8)
+    assert out.info["converged"] and out.residual.max() <= 1e-6 and out.info["hvps"] == depth * 3
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_minibatch_curvature_is_unbiased(problem, curvature):
+    """The mean of the mini-batch curvatures over a partition into equal halves is the full curvature."""
+    obj, x = problem[2]["pretrain"]
+    st = Stage.of(PretrainObjective(obj.model, obj.data, obj.l2, torch.linspace(0.5, 1.5, obj.n, dtype=DT)))
+    half = torch.randperm(st.n, generator=torch.Generator().manual_seed(0)).reshape(2, -1)
+    v = rhs(x.numel(), 2)
+    mean = 0.5 * (st.matvec(x, curvature, half[0])(v) + st.matvec(x, curvature, half[1])(v))
+    torch.testing.assert_close(mean, st.matvec(x, curvature)(v), rtol=1e-10, atol=1e-12)
+
+
+def test_lissa_on_mini_batches_is_loose_but_close(problem):
+    obj, x = problem[2]["pretrain"]
+    damping = 0.05
+    b = rhs(x.numel(), 2)
+    out = stage_solve(obj, x, b, "lissa", damping, {"lissa": {"batch_size": 15, "depth": 120, "repeats": 2, "scale": 2.0}})
+    truth = dense_solve(obj, x, b, damping)
+    err = (out.x - truth).norm(dim=0) / truth.norm(dim=0)
+    assert err.max() <= 0.35, err
+    assert out.info["minibatch_fraction"] == 0.5 and out.info["full_hvp_equivalents"] == 0.5 * out.info["hvps"]
+    assert torch.isfinite(out.residual).all() and out.residual.max() < 1
+
+
+def test_lissa_reports_divergence_as_non_finite(problem):
+    obj, x = problem[2]["pretrain"]
+    out = lissa(Stage.of(obj).matvec(x), rhs(x.numel(), 2), 0.0, scale=1e-3, depth=2000)
+    assert not out.info["converged"] and out.info["non_finite_columns"] == [0, 1]
+    assert torch.isnan(out.residual).all()
+
+
+def test_arnoldi_equals_the_dense_solve_on_the_top_eigenspace(problem):
+    obj, x = problem[2]["pretrain"]
+    ev, vec = torch.linalg.eigh(hessian(obj)(x))
+    rank, damping = 4, 1e-3
+    top = vec[:, torch.argsort(ev.abs(), descending=True)[:rank]]
+    b = rhs(x.numel())
+    proj = top @ torch.diag(1 / (top.T @ hessian(obj)(x) @ top).diagonal().add(damping)) @ top.T @ b
+    out = arnoldi(Stage.of(obj).matvec(x), b, damping, rank=rank, iters=x.numel())
+    torch.testing.assert_close(out.x, proj, rtol=1e-6, atol=1e-9)
+    outside = (b - top @ (top.T @ b)).norm(dim=0) / b.norm(dim=0)
+    torch.testing.assert_close(out.residual, outside, rtol=1e-5, atol=1e-8)  # ‖(I − P_r) b‖/‖b‖: loose by design
+    assert out.info["hvps"] <= x.numel() and out.info["max_ritz_residual"] < 1e-6
+
+
+def test_ekfac_equals_dense_kfac_with_eigenvalue_correction_on_one_layer(problem):
+    """Scenario A finetuning: Θ is one Linear layer on fixed features — K-FAC's exact home."""
+    data, model, stages = problem
+    ft, theta = stages["fixed"]
+    feats = model.features(ft.w_pt, data.finetune.x)
+    oracle = one_layer_ekfac(feats, model.ft_logits(ft.w_pt, theta, data.finetune.x), None, ft.l2)
+    fit = EKFAC.fit(Stage.of(ft), theta, batch_size=7)
+    assert fit.info["layers"] == ["ft_head"] and fit.info["unsupported"] == []
+    b = rhs(theta.numel())
+    for damping in (0.0, 1e-2):
+        want = torch.linalg.solve(oracle + damping * torch.eye(theta.numel(), dtype=DT), b)
+        torch.testing.assert_close(fit.solve(b, damping), want, rtol=1e-9, atol=1e-11)
+    out = ekfac_solve(Stage.of(ft).matvec(theta), b, 0.0, fit)
+    torch.testing.assert_close(out.residual, (hessian(ft)(theta) @ out.x - b).norm(dim=0) / b.norm(dim=0))
+
+
+def kronecker_basis(layer, p: int) -> torch.Tensor:
+    """Columns: the layer's Kronecker eigenvectors ``q_S,o ⊗ q_A,j`` as flat parameter vectors (p, out·d)."""
+    basis = torch.zeros(layer.out * layer.d, layer.out, layer.d, dtype=DT)
+    for o in range(layer.out):
+        for j in range(layer.d):
+            basis[o * layer.d + j] = torch.outer(layer.qs[:, o], layer.qa[:, j])
+    flat = torch.zeros(p, layer.out * layer.d, dtype=DT)
+    layer.scatter(basis, flat)
+    return flat
+
+
+def check_ekfac_against_dense_ggn(obj, x, fit, reg_of):
+    """Every layer's corrected eigenvalues are the dense GGN's diagonal in its Kronecker basis, and
+    the solve inverts ``Σ_layers E (Λ + ρ) Eᵀ`` (+ ρ on the rest)."""
+    p = x.numel()
+    g = dense_ggn(obj, x)
+    reg = torch.diagonal(hessian(lambda q: obj(q))(x) - hessian(lambda q: obj(q) - Stage.of(obj).reg(q))(x))
+    approx = torch.diag(reg.clone())
+    for layer in fit.layers:
+        e = kronecker_basis(layer, p)
+        idx = layer.indices()
+        assert torch.allclose(reg[idx], torch.full((len(idx),), reg_of(layer.name), dtype=DT))
+        lam = torch.diagonal(e.T @ (g - torch.diag(reg)) @ e).reshape(layer.out, layer.d)
+        torch.testing.assert_close(layer.eigenvalues, lam, rtol=1e-9, atol=1e-12)
+        approx[idx] = 0
+        approx[:, idx] = 0
+        approx += e @ torch.diag((layer.eigenvalues + layer.reg).reshape(-1)) @ e.T
+    b = rhs(p)
+    torch.testing.assert_close(fit.solve(b, 1e-2), torch.linalg.solve(approx + 1e-2 * torch.eye(p, dtype=DT), b), rtol=1e-8, atol=1e-10)
+
+
+def test_ekfac_on_two_layers_and_the_proximal_block(problem):
+    """Scenario B finetuning is over (Θ, W): λ_ft on Θ's layer, α on the body's layers."""
+    _, _, stages = problem
+    ft, x = stages["updated"]
+    fit = EKFAC.fit(Stage.of(ft), x, batch_size=64)
+    assert fit.info["layers"] == ["ft_head", "body.0"]
+    check_ekfac_against_dense_ggn(ft, x, fit, lambda name: ft.l2 if name == "ft_head" else ft.alpha)
+
+
+def conv_model(extra: nn.Module | None = None) -> TwoStageModel:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 2, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3), nn.Tanh()]
+    body = nn.Sequential(*layers, *([extra] if extra is not None else []))
+    return TwoStageModel(body, nn.Linear(3, 2), nn.Linear(3, 3))
+
+
+def conv_objective(model: TwoStageModel, n: int = 9):
+    gen = torch.Generator().manual_seed(3)
+    data = Split(torch.randn(n, 1, 4, 4, dtype=DT, generator=gen), torch.randint(0, 2, (n,), generator=gen), torch.arange(n))
+    w, u, _ = model.init_params(0, DT, torch.device("cpu"))
+    weights = torch.rand(n, dtype=DT, generator=gen) * 2
+    return PretrainObjective(model, data, 0.03, weights), torch.cat([w, u])
+
+
+def test_ekfac_conv2d_factors_and_eigenvalues():
+    model = conv_model()
+    pt, x = conv_objective(model)
+    st = Stage.of(pt)
+    fit = EKFAC.fit(st, x, batch_size=4)
+    assert fit.info["layers"] == ["body.0", "body.3", "pt_head"]
+    check_ekfac_against_dense_ggn(pt, x, fit, lambda name: pt.l2)
+    # the conv layer's Kronecker factors, by hand: patches by loops, output gradients by the Jacobian
+    conv, params = model.body[0], model.w_spec.unflatten(x[: pt.p_w])
+    w8 = st.example_weights()
+    padded = nn.functional.pad(pt.data.x, (1, 1, 1, 1))
+    patches = torch.stack([torch.cat([padded[:, 0, 2 * r : 2 * r + 3, 2 * c : 2 * c + 3].reshape(-1, 9), torch.ones(len(w8), 1, dtype=DT)], 1)
+                           for r in range(2) for c in range(2)], 1)  # (n, L=4, 10)
+    a_fac = torch.einsum("n,nld,nle->de", w8, patches, patches)
+    s_out = functional_call(conv, {"weight": params["0.weight"], "bias": params["0.bias"]}, (pt.data.x,))
+    rest = nn.Sequential(*model.body[1:])
+
+    def suffix(s):
+        feats = functional_call(rest, {"2.weight": params["3.weight"], "2.bias": params["3.bias"]}, (s[None],))
+        return functional_call(model.pt_head, model.u_spec.unflatten(x[pt.p_w :]), (feats,))[0]
+
+    s_fac = torch.zeros(2, 2, dtype=DT)
+    logits = model.pt_logits(x[: pt.p_w], x[pt.p_w :], pt.data.x)
+    prob = torch.softmax(logits, 1)
+    for i in range(len(w8)):
+        jac = jacrev(suffix)(s_out[i]).reshape(2, 2, 4)  # (C, out, L)
+        h = torch.diag(prob[i]) - torch.outer(prob[i], prob[i])
+        s_fac += w8[i] * torch.einsum("col,cd,dql->oq", jac, h, jac)
+    layer = fit.layers[0]
+    for q, fac in ((layer.qa, a_fac), (layer.qs, s_fac)):
+        rot = q.T @ fac @ q
+        torch.testing.assert_close(rot - torch.diag(rot.diagonal()), torch.zeros_like(rot), rtol=0, atol=1e-12)
+
+
+def test_ekfac_treats_unsupported_parameters_with_damping_only():
+    model = conv_model(extra=nn.LayerNorm(3))
+    pt, x = conv_objective(model)
+    fit = EKFAC.fit(Stage.of(pt), x, batch_size=9)
+    assert fit.info["unsupported"] == ["body.5.weight", "body.5.bias"]
+    b = rhs(x.numel(), 2)
+    other = torch.nonzero(fit.other).flatten()
+    torch.testing.assert_close(fit.solve(b, 0.07)[other], b[other] / (pt.l2 + 0.07))
+
+
+def test_solver_names_and_options():
+    assert stage_solvers("cg") == ("cg", "cg") and stage_solvers("cg+ekfac") == ("cg", "ekfac")
+    with pytest.raises(ValueError, match=r"solver='cg\+newton'.*\['exact', 'cg', 'lissa', 'arnoldi', 'ekfac'\]"):
+        stage_solvers("cg+newton")
+    with pytest.raises(ValueError, match=r"influence\.arnoldi\.iters=5 < influence\.arnoldi\.rank=10"):
+        ArnoldiOptions(rank=10, iters=5)
+    with pytest.raises(ValueError, match=r"influence\.lissa\.depth=0: must be > 0"):
+        LissaOptions(depth=0)
+    with pytest.raises(ValueError, match=r"solver='ekfac' needs a fitted EK-FAC"):
+        solve("ekfac", lambda v: v, torch.ones(3, 1, dtype=DT), 0.0)
+
+
+def test_schema_defaults_equal_the_option_defaults():
+    from conftest import ROOT
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    influence = schema["properties"]["influence"]["properties"]
+    for name, cls in (("lissa", LissaOptions), ("arnoldi", ArnoldiOptions), ("ekfac", EKFACOptions)):
+        keys = influence[name]["properties"]
+        assert {k: v["default"] for k, v in keys.items()} == {k: getattr(cls(), k) for k in keys}, name
+        assert all(v.get("description") for v in keys.values())
+    assert influence["curvature"]["default"] == "hessian"
+
+
+def test_nan_in_a_test_gradient_is_named(problem):
+    data, _, stages = problem
+    ft, theta = stages["fixed"]
+    test = Split(data.finetune_test.x.clone(), data.finetune_test.y, torch.tensor([70, 71, 72]))
+    test.x[1, 0] = math.nan
+    with pytest.raises(NonFiniteError, match=r"test-loss gradients.*test example ids \[71\]"):
+        finetune_ihvp(ft, theta, test, "cg", 0.0)
+
+
+def test_nan_right_hand_side_and_nan_solutions_are_reported():
+    h = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=DT))
+    b = torch.ones(3, 2, dtype=DT)
+    bad_b = b.clone()
+    bad_b[2, 1] = math.inf
+    with pytest.raises(NonFiniteError, match=r"right-hand side.*columns \[1\]"):
+        solve("cg", lambda v: h @ v, bad_b, 0.0)
+    nan_h = h.clone()
+    nan_h[0, 0] = math.nan
+    for out in (cg(lambda v: nan_h @ v, b, max_iter=5), lissa(lambda v: nan_h @ v, b, scale=4.0, depth=5),
+                arnoldi(lambda v: nan_h @ v, b, rank=1, iters=2)):
+        assert not out.info["converged"] and out.info["non_finite_columns"] == [0, 1], out.info

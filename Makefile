@@ -40,3 +40,10 @@ dry-run: setup
 
 clean:
 	rm -rf results logs .snakemake
+
+# Solver benchmark on the default model (not a test): results/bench/solvers.csv, cost.csv, solvers.png.
+# BENCH_ARGS e.g. "--config my.yaml --threads 2"; see `python -m msif.bench --help`.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: setup
+	nice -n 10 $(PY) -m msif.bench --out results/bench $(BENCH_ARGS)

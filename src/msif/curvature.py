@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
@@ -186,6 +187,7 @@ def _finish(name: str, matvec: Matvec, x: torch.Tensor, b: torch.Tensor, squeeze
     ``converged``: a finite solution whose every residual is ``≤ threshold`` (default ``tol``; with
     ``tol=None`` — a direct solve — finite is enough).
     """
+    t0 = time.perf_counter()
     finite = torch.isfinite(x).all(dim=0)
     res = relative_residual(matvec, torch.where(finite, x, torch.zeros_like(x)), b, damping)
     res = torch.where(finite, res, torch.full_like(res, math.nan))
@@ -193,7 +195,7 @@ def _finish(name: str, matvec: Matvec, x: torch.Tensor, b: torch.Tensor, squeeze
     threshold = threshold if threshold is not None else tol
     converged = not bad and (threshold is None or bool((res <= threshold).all()))
     info = {"solver": name, "damping": damping, **info, **({"tol": tol} if tol is not None else {}), "converged": converged,
-            "non_finite_columns": bad}
+            "non_finite_columns": bad, "residual_seconds": time.perf_counter() - t0}
     if bad:
         log.warning("%s: non-finite (NaN/Inf) solution or curvature product in columns %s", name, bad[:20])
     elif not converged:
@@ -390,7 +392,7 @@ class LowRank:
     def fit(cls, matvec: Matvec, p: int, like: torch.Tensor, rank: int, iters: int, seed: int = 0) -> LowRank:
         if rank < 1 or iters < rank:
             raise ValueError(f"arnoldi: rank={rank}, iters={iters}; need 1 <= rank <= iters")
-        counted = _Counted(matvec)
+        counted, t0 = _Counted(matvec), time.perf_counter()
         q, t, beta = lanczos(counted, p, like, iters, seed)
         if not bool(torch.isfinite(t).all()):
             nan = torch.full((min(rank, t.shape[0]),), math.nan, dtype=like.dtype, device=like.device)
@@ -401,7 +403,8 @@ class LowRank:
         values, vectors = theta[keep], q @ u[:, keep]
         ritz = (beta * u[-1, keep]).abs() / values.abs().clamp_min(torch.finfo(values.dtype).tiny)
         info = {"hvps": counted.count, "rank": len(keep), "krylov_dim": int(q.shape[1]),
-                "ritz_values": [float(values.min()), float(values.max())], "max_ritz_residual": float(ritz.max())}
+                "ritz_values": [float(values.min()), float(values.max())], "max_ritz_residual": float(ritz.max()),
+                "fit_seconds": time.perf_counter() - t0}
         return cls(values, vectors, info)
 
     def solve(self, b: torch.Tensor, damping: float) -> torch.Tensor:
@@ -504,13 +507,13 @@ def solve(name: str, matvec: Matvec, b: torch.Tensor, damping: float, options: d
     ``lissa`` uses ``sampler`` when given (mini-batch products), else the full matvec; ``ekfac``
     needs a fitted EK-FAC (or a zero-argument callable fitting one), since it sees layers, not a
     matvec. Every iterative solver also reports a Lanczos estimate of H's extreme eigenvalues
-    (``lanczos_iters`` products, default ``options['lanczos_iters']`` or 60; not counted in ``hvps``).
+    (``lanczos_iters`` products, default ``options['lanczos_iters']`` or 60, 0 to skip; not counted in ``hvps``).
     """
     options = dict(options or {})
     check_finite("right-hand side B", b if b.ndim == 2 else b[:, None], label_name="columns")
     if name == "exact":
         return exact_solve(matvec, b, damping, eigh=eigh)
-    iters = lanczos_iters or options.pop("lanczos_iters", 60)
+    iters = lanczos_iters if lanczos_iters is not None else options.get("lanczos_iters", 60)
     options.pop("lanczos_iters", None)
     if name == "cg":
         out = cg(matvec, b, damping, tol=options.get("tol", 1e-10), max_iter=options.get("max_iter", 1000))
@@ -529,6 +532,7 @@ def solve(name: str, matvec: Matvec, b: torch.Tensor, damping: float, options: d
         out = ekfac_solve(matvec, b, damping, ekfac() if callable(ekfac) else ekfac, tol=o.tol)
     else:
         raise ValueError(f"solver={name!r}: allowed {list(SOLVERS)}")
-    lo, hi = lanczos_extremes(matvec, b.shape[0], b, iters=iters)
-    out.info.update(min_eigenvalue=lo, max_eigenvalue=hi, eigenvalue_method="lanczos")
+    if iters:
+        lo, hi = lanczos_extremes(matvec, b.shape[0], b, iters=iters)
+        out.info.update(min_eigenvalue=lo, max_eigenvalue=hi, eigenvalue_method="lanczos")
     return out

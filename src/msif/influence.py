@@ -43,15 +43,17 @@ def test_loss_grads(ft: FinetuneObjective, params: torch.Tensor, test: Split) ->
     return vmap(grad(one), in_dims=(None, 0, 0), out_dims=1)(params, test.x, test.y)
 
 
-def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solver: str, damping: float, options: dict | None = None) -> Solve:
+def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solver: str, damping: float, options: dict | None = None,
+                  eigh: Eigh | None = None) -> Solve:
     """``v = (H_ft + λI)⁻¹ ∇f`` (fixed: over Θ) or ``(H̃_ft + λI)⁻¹ ∇_{Θ,W} f`` (updated), all tests at once.
 
     ``solver``: a name of ``msif.curvature.SOLVERS`` or ``<finetune>+<pretrain>`` (this stage uses the
-    first); ``options``: the ``influence`` config block (``curvature`` and per-solver blocks).
+    first); ``options``: the ``influence`` config block (``curvature`` and per-solver blocks); ``eigh``: a
+    prebuilt dense factorisation for the exact solver.
     """
     rhs = test_loss_grads(ft, params, test)
     check_finite("test-loss gradients ∇f", rhs, labels=test.ids, label_name="test example ids")
-    return stage_solve(ft, params, rhs, stage_solvers(solver)[0], damping, options)
+    return stage_solve(ft, params, rhs, stage_solvers(solver)[0], damping, options, eigh=eigh)
 
 
 def cross_stage_vector(ft: FinetuneObjective, params: torch.Tensor, test: Split, v: torch.Tensor) -> torch.Tensor:

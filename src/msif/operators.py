@@ -168,6 +168,6 @@ def stage_solve(objective, params: torch.Tensor, rhs: torch.Tensor, solver: str,
         o = options_of(EKFACOptions, block)
         ekfac = EKFAC.fit(stage, params, batch_size=o.batch_size)
     out = solve(solver, matvec, rhs, damping, block, eigh=eigh, sampler=sampler, ekfac=ekfac,
-                lanczos_iters=options.get("lanczos_iters"))
+                lanczos_iters=options.get("lanczos_iters"))  # influence.lanczos_iters: not a schema key; 0 skips (bench)
     out.info["curvature"] = curvature
     return out

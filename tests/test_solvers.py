@@ -307,3 +307,19 @@ def test_nan_right_hand_side_and_nan_solutions_are_reported():
     for out in (cg(lambda v: nan_h @ v, b, max_iter=5), lissa(lambda v: nan_h @ v, b, scale=4.0, depth=5),
                 arnoldi(lambda v: nan_h @ v, b, rank=1, iters=2)):
         assert not out.info["converged"] and out.info["non_finite_columns"] == [0, 1], out.info
+
+
+def test_workflow_accepts_per_stage_solver_names(tmp_path, workflow_dir):
+    """'cg+ekfac' is a wildcard value like any other (escaped in the constraint); only exact pretraining needs the Hessian."""
+    from conftest import snakemake
+
+    cfg = yaml.safe_load((workflow_dir / ".test/config/config.yaml").read_text())
+    cfg["influence"]["solvers"] = ["cg+ekfac", "lissa"]
+    cfg["validation"]["reference_solver"] = "cg+ekfac"
+    path = tmp_path / "solvers.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workflow_dir, "-n", "--configfile", str(path), timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "influence/fixed/cg+ekfac/scores.pt" in out and "influence/updated/lissa/pretrain_ihvp.pt" in out
+    assert "pretrain_hessian.pt" not in out

@@ -19,14 +19,17 @@ for every solver × stage × scenario, the scores with that solver in that stage
 - ``solvers.png``: both tables as figures; ``solvers.json``: the machine, threads and config.
 
 Peak memory is the rise of the process's resident-set high-water mark (Linux ``VmHWM``, reset
-through ``/proc/self/clear_refs`` before each measurement; torch's CPU allocations are invisible to
-``tracemalloc``); NaN where the kernel does not allow the reset. Times are wall-clock on a possibly
+through ``/proc/self/clear_refs`` before each measurement, after ``malloc_trim`` has returned freed
+heap memory; torch's CPU allocations are invisible to ``tracemalloc``); NaN where the kernel does not
+allow the reset. Times are wall-clock on a possibly
 shared machine: compare rows of one run, not runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import logging
 import math
@@ -70,10 +73,20 @@ def _status_kib(key: str) -> float:
     return math.nan
 
 
+def _release_free_memory() -> None:
+    """glibc keeps freed heap memory resident; give it back so that a block's own allocations raise the RSS again."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextmanager
 def measured():
     """Wall time and the rise of the resident-set high-water mark (MiB) of the block: ``out['seconds']``, ``out['peak_mib']``."""
     out: dict = {}
+    _release_free_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         reset = True
@@ -247,13 +260,12 @@ class Bench:
                     t0 = time.perf_counter()
                     self.scores(s.x)
                     t["scores_s"] = time.perf_counter() - t0
-                # fits: dense eigendecompositions (timed by self.eigh, outside the stage timings) and Arnoldi/EK-FAC (inside them)
-                outside = ev.get("fit_seconds", 0.0) + ep.get("fit_seconds", 0.0)
-                inside = v.info.get("fit_seconds", 0.0) + s.info.get("fit_seconds", 0.0)
+                # the one-off fits, all inside the stage timings: dense eigendecompositions, Arnoldi, EK-FAC
+                fits = sum(x.get("fit_seconds", 0.0) for x in (ev, ep, v.info, s.info))
                 check = v.info.get("residual_seconds", 0.0) + s.info.get("residual_seconds", 0.0)
-                cold = sum(t.values()) + outside
-                warm = cold - outside - inside
-                rows.append({"scenario": scenario, "solver": solver, "n_test": n, **t, "fit_s": outside + inside, "residual_check_s": check,
+                cold = sum(t.values())
+                warm = cold - fits
+                rows.append({"scenario": scenario, "solver": solver, "n_test": n, **t, "fit_s": fits, "residual_check_s": check,
                              "cold_s": cold, "warm_s": warm, "epoch_s": epoch, "cold_epochs": cold / epoch, "warm_epochs": warm / epoch,
                              "warm_unchecked_epochs": (warm - check) / epoch, "peak_mib": m["peak_mib"],
                              "pretrain_residual": float(s.residual.max())})

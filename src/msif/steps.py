@@ -163,7 +163,7 @@ def run_pretrain_hessian(config: dict, data_path: str, pretrain_path: str, out: 
     _check_curvature("pretrain_hessian", float(eigh.values[0]), config["influence"]["damping"])
     problems = health.curvature_problems("pretrain_hessian", float(eigh.values[0]), config["influence"]["damping"])
     io.save_tensors(out, {"values": eigh.values, "vectors": eigh.vectors}, args=_train_args(config),
-                    min_eigenvalue=float(eigh.values[0]), max_eigenvalue=float(eigh.values[-1]),
+                    min_eigenvalue=float(eigh.values[0]), max_eigenvalue=float(eigh.values[-1]), curvature=curvature,
                     problems=health.upstream(pretrain_path) + problems)
 
 

@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from msif.curvature import Eigh, solve
-from msif.curvature import hvp as hvp_of
+from msif.curvature import Eigh
 from msif.data import Split
-from msif.influence import removal_effect, upweight_influence
+from msif.influence import pretrain_ihvp, removal_effect, upweight_influence
 from msif.objectives import FinetuneObjective, PretrainObjective, finetune_losses
 
 METHODS = ("single_stage", "grad_dot", "representation", "random")
@@ -43,9 +42,10 @@ def _pad(g: torch.Tensor, p: int) -> torch.Tensor:
 def baseline_scores(pt: PretrainObjective, pt_params: torch.Tensor, ft: FinetuneObjective, ft_params: torch.Tensor, test: Split,
                     solver: str, damping: float, options: dict | None, seed: int, batch_size: int = 256,
                     eigh: Eigh | None = None) -> dict[str, torch.Tensor]:
-    """All baselines' score matrices, shape (n_test, n_pretrain) each."""
-    g = _pad(direct_w_gradient(ft, ft_params, test), pt_params.numel())
-    s = solve(solver, hvp_of(pt, pt_params), g, damping, options, eigh=eigh).x
+    """All baselines' score matrices, shape (n_test, n_pretrain) each; ``solver``/``options`` as for pretrain_ihvp."""
+    g_w = direct_w_gradient(ft, ft_params, test)
+    s = pretrain_ihvp(pt, pt_params, g_w, solver, damping, options, eigh=eigh).x
+    g = _pad(g_w, pt_params.numel())
     out = {
         "single_stage": removal_effect(upweight_influence(pt, pt_params, s, batch_size), pt.n),
         "grad_dot": removal_effect(upweight_influence(pt, pt_params, g, batch_size), pt.n),

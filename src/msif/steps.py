@@ -104,10 +104,6 @@ def _load_stages(config: dict, scenario: str, data_path: str, pretrain_path: str
     return exp, exp.pretrain_objective(), pt_params, ft, ft_params
 
 
-def _solver_options(config: dict, solver: str) -> dict:
-    return dict(config["influence"].get(solver, {}))
-
-
 def _influence_options(config: dict) -> dict:
     """The ``influence`` block for ``finetune_ihvp``/``pretrain_ihvp``: ``curvature`` and every solver's options."""
     return dict(config["influence"])
@@ -214,7 +210,7 @@ def run_baselines(config: dict, scenario: str, data_path: str, pretrain_path: st
         h = io.load_tensors(hessian_path, _train_args(config), device=exp.device)
         eigh = Eigh(h["values"], h["vectors"])
     out_scores = baseline_scores(pt, pt_params, ft, ft_params, exp.test, solver, config["influence"]["damping"],
-                                 _solver_options(config, solver), seed=config["seed"], batch_size=config["influence"]["batch_size"], eigh=eigh)
+                                 _influence_options(config), seed=config["seed"], batch_size=config["influence"]["batch_size"], eigh=eigh)
     log.info("baselines[%s]: %s", scenario, sorted(out_scores))
     io.save_tensors(out, out_scores, args={**_finetune_args(config, scenario), "influence": config["influence"]},
                     convention="larger = more helpful; single_stage and grad_dot in removal-effect units (" + msif.SCORE_CONVENTION + ")")

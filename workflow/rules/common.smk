@@ -51,21 +51,27 @@ TRAIN_KEYS = (
     "training",
 )
 FINETUNE_KEYS = TRAIN_KEYS + ("finetune",)
-SOLVE_KEYS = FINETUNE_KEYS + tuple(
+SOLVE_BASE = FINETUNE_KEYS + tuple(
     f"influence.{k}"
-    for k in (
-        "n_test",
-        "damping",
-        "max_residual",
-        "fail_on_bad_solve",
-        "curvature",
-        "cg",
-        "lissa",
-        "arnoldi",
-        "ekfac",
-    )
+    for k in ("n_test", "damping", "max_residual", "fail_on_bad_solve", "curvature")
 )
-SCORE_KEYS = SOLVE_KEYS + ("influence.batch_size",)
+SOLVER_OPTIONS = ("cg", "lissa", "arnoldi", "ekfac")
+
+
+def solver_keys(solver):
+    """Option blocks a solver name uses ('cg+ekfac' uses influence.cg and influence.ekfac)."""
+    return tuple(
+        f"influence.{s}"
+        for s in dict.fromkeys(solver.split("+"))
+        if s in SOLVER_OPTIONS
+    )
+
+
+def solve_params(*extra):
+    """params of a rule with a {solver} wildcard: only that solver's options, so editing another's does not rerun it."""
+    return lambda wildcards: cfg(*SOLVE_BASE, *solver_keys(wildcards.solver), *extra)
+
+
 RETRAIN_KEYS = FINETUNE_KEYS + ("influence.n_test", "retraining")
 SET_KEYS = ("seed",) + tuple(
     f"validation.{k}" for k in ("ks", "selections", "sets_per_job")

@@ -16,7 +16,7 @@ rule finetune_ihvp:
         runtime=30,
         gpu=0,
     params:
-        cfg=cfg(*SOLVE_KEYS),
+        cfg=solve_params(),
         version=VERSION,
     script:
         "../scripts/finetune_ihvp.py"
@@ -65,7 +65,7 @@ rule pretrain_ihvp:
         runtime=30,
         gpu=0,
     params:
-        cfg=cfg(*SOLVE_KEYS),
+        cfg=solve_params(),
         version=VERSION,
     script:
         "../scripts/pretrain_ihvp.py"
@@ -89,7 +89,7 @@ rule scores:
         runtime=30,
         gpu=0,
     params:
-        cfg=cfg(*SCORE_KEYS),
+        cfg=solve_params("influence.batch_size"),
         version=VERSION,
     script:
         "../scripts/scores.py"

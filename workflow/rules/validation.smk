@@ -80,7 +80,12 @@ rule baselines:
         runtime=30,
         gpu=0,
     params:
-        cfg=cfg(*SCORE_KEYS, "validation.reference_solver"),
+        cfg=cfg(
+            *SOLVE_BASE,
+            *solver_keys(config["validation"]["reference_solver"]),
+            "influence.batch_size",
+            "validation.reference_solver",
+        ),
         version=VERSION,
     script:
         "../scripts/baselines.py"

@@ -323,3 +323,14 @@ def test_workflow_accepts_per_stage_solver_names(tmp_path, workflow_dir):
     assert proc.returncode == 0, out[-3000:]
     assert "influence/fixed/cg+ekfac/scores.pt" in out and "influence/updated/lissa/pretrain_ihvp.pt" in out
     assert "pretrain_hessian.pt" not in out
+
+
+def test_ekfac_eigenvalue_correction_in_chunks_is_the_same(monkeypatch):
+    import msif.kfac
+
+    pt, x = conv_objective(conv_model())
+    whole = EKFAC.fit(Stage.of(pt), x, batch_size=9)
+    monkeypatch.setattr(msif.kfac, "CHUNK_ELEMENTS", 1)  # one example at a time
+    chunked = EKFAC.fit(Stage.of(pt), x, batch_size=9)
+    for a, b in zip(whole.layers, chunked.layers, strict=True):
+        torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-12, atol=1e-15)

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CHUNK_ELEMENTS = 1 << 24  # largest block of rotated per-example gradients held at once in the eigenvalue correction
+
 
 def _supported(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
@@ -208,8 +210,11 @@ class EKFAC:
             layer.reg = float(r[0])
 
         def correction(layer: Layer, a: torch.Tensor, g: torch.Tensor, w: torch.Tensor, _first_k: bool) -> None:
-            grad = torch.einsum("nlo,nld->nod", g @ layer.qs, a @ layer.qa)
-            layer.eigenvalues += torch.einsum("n,nod->od", w, grad.square())
+            g_rot, a_rot = g @ layer.qs, a @ layer.qa
+            step = max(1, CHUNK_ELEMENTS // (layer.out * layer.d))  # per-example gradients (step, out, d) at a time
+            for i in range(0, len(w), step):
+                grad = torch.einsum("nlo,nld->nod", g_rot[i : i + step], a_rot[i : i + step])
+                layer.eigenvalues += torch.einsum("n,nod->od", w[i : i + step], grad.square())
 
         _layer_statistics(stage, params, layers, batch_size, correction)
         fit = cls(layers, other.to(params.device), reg[other.to(params.device)])

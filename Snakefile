@@ -7,6 +7,15 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    scenario="|".join(config["scenarios"]),
+    solver="|".join(map(re.escape, config["influence"]["solvers"])),
+    batch=r"\d+",
+    rep=r"\d+",
+
+
 include: "workflow/rules/train.smk"
 include: "workflow/rules/influence.smk"
 include: "workflow/rules/validation.smk"

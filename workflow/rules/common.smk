@@ -15,19 +15,13 @@ check_config(config)
 RESULTS = f"results/{config['run']}"
 LOGS = f"logs/{config['run']}"
 VERSION = msif.__version__
-
-
-wildcard_constraints:
-    scenario="|".join(config["scenarios"]),
-    solver="|".join(map(re.escape, config["influence"]["solvers"])),
-    batch=r"\d+",
-    rep=r"\d+",
+ENV = "../../envs/msif.yaml"
 
 
 def cfg(*keys):
-    """The config keys (dotted paths) a rule depends on, as a nested dict: the rule's params.
+    """The config keys (dotted paths) each step depends on, as a nested dict (its params).
 
-    Snakemake reruns a job when its params change, so a rule sees only what it uses and editing
+    Snakemake reruns a job when its params change, so a step sees only what it uses and editing
     another key does not rerun it.
     """
     out = {}
@@ -68,7 +62,7 @@ def solver_keys(solver):
 
 
 def solve_params(*extra):
-    """params of a rule with a {solver} wildcard: only that solver's options, so editing another's does not rerun it."""
+    """params for steps with a {solver} wildcard - only that solver's options, so editing another's does not rerun it."""
     return lambda wildcards: cfg(*SOLVE_BASE, *solver_keys(wildcards.solver), *extra)
 
 

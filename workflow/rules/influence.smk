@@ -10,6 +10,8 @@ rule finetune_ihvp:
         f"{LOGS}/influence/{{scenario}}_{{solver}}_finetune_ihvp.log",
     benchmark:
         f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_finetune_ihvp.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -33,6 +35,8 @@ rule pretrain_hessian:
         f"{LOGS}/influence/pretrain_hessian.log",
     benchmark:
         f"{LOGS}/benchmarks/pretrain_hessian.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
@@ -59,6 +63,8 @@ rule pretrain_ihvp:
         f"{LOGS}/influence/{{scenario}}_{{solver}}_pretrain_ihvp.log",
     benchmark:
         f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_pretrain_ihvp.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -83,6 +89,8 @@ rule scores:
         f"{LOGS}/influence/{{scenario}}_{{solver}}_scores.log",
     benchmark:
         f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_scores.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,

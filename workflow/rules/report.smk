@@ -27,13 +27,14 @@ rule report:
         html=f"{RESULTS}/report.html",
     log:
         f"{LOGS}/report.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     params:
         config=config,
-        results=RESULTS,
         version=VERSION,
     script:
         "../scripts/report.py"

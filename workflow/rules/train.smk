@@ -4,6 +4,8 @@ rule prepare_data:
         meta=f"{RESULTS}/data/splits.pt.json",
     log:
         f"{LOGS}/prepare_data.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
@@ -25,6 +27,8 @@ rule pretrain:
         f"{LOGS}/pretrain.log",
     benchmark:
         f"{LOGS}/benchmarks/pretrain.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -48,6 +52,8 @@ rule finetune:
         f"{LOGS}/finetune_{{scenario}}.log",
     benchmark:
         f"{LOGS}/benchmarks/finetune_{{scenario}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,

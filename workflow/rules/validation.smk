@@ -5,6 +5,8 @@ rule removal_sets:
         json=f"{RESULTS}/validation/{{scenario}}/removal_sets.json",
     log:
         f"{LOGS}/validation/{{scenario}}_removal_sets.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
@@ -28,6 +30,8 @@ rule retrain:
         f"{LOGS}/validation/{{scenario}}_retrain_batch{{batch}}.log",
     benchmark:
         f"{LOGS}/benchmarks/{{scenario}}_retrain_batch{{batch}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -49,6 +53,8 @@ rule noise_floor:
         csv=f"{RESULTS}/validation/{{scenario}}/noise/rep{{rep}}.csv",
     log:
         f"{LOGS}/validation/{{scenario}}_noise_rep{{rep}}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -74,6 +80,8 @@ rule baselines:
         f"{LOGS}/influence/{{scenario}}_baselines.log",
     benchmark:
         f"{LOGS}/benchmarks/{{scenario}}_baselines.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -98,6 +106,8 @@ rule lds_subsets:
         json=f"{RESULTS}/validation/lds_subsets.json",
     log:
         f"{LOGS}/validation/lds_subsets.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
@@ -121,6 +131,8 @@ rule lds_retrain:
         f"{LOGS}/validation/{{scenario}}_lds_batch{{batch}}.log",
     benchmark:
         f"{LOGS}/benchmarks/{{scenario}}_lds_batch{{batch}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -163,6 +175,8 @@ rule compare:
         lds=f"{RESULTS}/validation/lds.csv",
     log:
         f"{LOGS}/validation/compare.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,

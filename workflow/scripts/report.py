@@ -1,5 +1,8 @@
+from pathlib import Path
+
 from msif.logs import job
 from msif.report import write_report
 
 with job(snakemake.log[0], snakemake.threads):
-    write_report(snakemake.params.config, snakemake.params.results, snakemake.output.html)
+    results = Path(snakemake.input.summary).parents[1]  # results/<run>/validation/summary.csv
+    write_report(snakemake.params.config, results, snakemake.output.html)

@@ -29,3 +29,16 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Compl
 @pytest.fixture
 def workflow_dir(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path)
+
+
+TINY = ".test/config/config.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny config run once end to end through Snakemake, shared by every test module (read-only:
+    copy it before running anything in it)."""
+    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
+    proc = snakemake(wd, "--configfile", TINY)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return wd

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import snakemake
+
+from conftest import TINY, snakemake
 
 pytestmark = pytest.mark.workflow
 
-TINY = ".test/config/config.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from conftest import copy_workflow
-
-    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
-    proc = snakemake(wd, "--configfile", TINY)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return wd
+# tiny_run (conftest.py): the tiny config end to end, once per session, shared with other modules.
 
 
 def test_tiny_workflow_writes_the_contract(tiny_run):
     res = tiny_run / "results/tiny"
     lko = pd.read_csv(res / "validation/leave_k_out.csv")
-    assert list(lko.columns) == ["scenario", "solver", "test_id", "selection", "k", "predicted", "actual"]
+    assert list(lko.columns)[:7] == ["scenario", "solver", "test_id", "selection", "k", "predicted", "actual"]
+    assert (lko["flag"] == "ok").all(), lko[lko["flag"] != "ok"]  # extra trailing column: no numerical problem upstream
     summary = pd.read_csv(res / "validation/summary.csv")
     assert list(summary.columns)[:6] == ["scenario", "solver", "pearson", "spearman", "n_sets", "noise_floor"]
     assert set(summary.scenario) == {"fixed", "updated"}
@@ -45,11 +37,11 @@ def test_config_edit_reruns_only_dependents(tiny_run, tmp_path):
     cfg = yaml.safe_load((tiny_run / TINY).read_text())
     cfg["validation"]["noise_repeats"] = 3
     edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
+    edited.write_text(yaml.safe_dump(cfg, sort_keys=False))  # key order is part of the params Snakemake compares
     proc = snakemake(tiny_run, "--configfile", str(edited), "-n", "--quiet", "rules")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    for rule in ("noise_floor", "retrain", "compare", "report"):
+    for rule in ("noise_floor", "compare", "report"):
         assert rule in out
-    for rule in ("pretrain ", "finetune ", "scores", "pretrain_hessian"):
+    for rule in ("pretrain ", "finetune ", "scores", "pretrain_hessian", "retrain"):  # retraining does not use noise_repeats
         assert rule not in out, out

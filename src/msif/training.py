@@ -51,8 +51,11 @@ def _value_and_grad(fun: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     x = x.detach().requires_grad_(True)
     value = fun(x)
     if not torch.isfinite(value):
-        raise TrainingError(f"objective became non-finite ({float(value)}) during L-BFGS")
+        raise TrainingError(f"objective became non-finite ({float(value.detach())}) during L-BFGS: training diverged")
     (g,) = torch.autograd.grad(value, x)
+    if not torch.isfinite(g).all():
+        raise TrainingError(f"gradient became non-finite (NaN/Inf in {int((~torch.isfinite(g)).sum())} of {g.numel()} entries) "
+                            f"during L-BFGS at objective {float(value.detach()):.6g}")
     return value.detach(), g
 
 

@@ -2,4 +2,5 @@ from msif import steps
 from msif.logs import job
 
 with job(snakemake.log[0], snakemake.threads):
-    steps.prepare_data(snakemake.params.cfg, snakemake.output.pt)
+    # n_test is checked here but is not a param: changing it must not rerun the data (and all after it)
+    steps.prepare_data(snakemake.params.cfg, snakemake.output.pt, n_test=snakemake.config["influence"]["n_test"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", ".test")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", ".test", "envs")  # envs: the rules name their conda env
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -3,7 +3,11 @@
 #          -> removal_sets -> retrain (fan-out) + noise_floor -> compare -> report
 
 
-configfile: "config/config.yaml"
+# The default experiment, unless --configfile names another: a given config file is used alone
+# (not merged over the default), so a key missing from it is reported instead of silently filled in.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

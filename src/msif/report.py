@@ -156,7 +156,9 @@ def _diagnostics(results: Path, config: dict) -> pd.DataFrame:
         for solver in config["influence"]["solvers"]:
             for step in ("finetune_ihvp", "pretrain_ihvp"):
                 meta = io.load_meta(results / f"influence/{s}/{solver}/{step}.pt")["solve"]
-                note = f"{meta.get('iterations', '')} iterations" if solver == "cg" else "dense eigendecomposition"
+                part = solver.split("+")[0 if step == "finetune_ihvp" else -1]
+                note = {"exact": "dense eigendecomposition", "cg": f"CG, {meta.get('iterations', '?')} iterations"}.get(
+                    part, f"{part}, {meta.get('hvps', '?')} HVPs")
                 rows.append({"what": f"{step}[{s},{solver}]", "grad norm": float("nan"), "min eigenvalue": meta.get("min_eigenvalue", float("nan")),
                              "max eigenvalue": meta.get("max_eigenvalue", float("nan")), "residual": meta["max_residual"], "note": note})
     return pd.DataFrame(rows)

@@ -87,8 +87,8 @@ def n_lds_batches():
 
 
 def reference_hessian(wildcards):
-    """The dense pretraining Hessian, where the reference solver is the exact one."""
-    if config["validation"]["reference_solver"] == "exact":
+    """The dense pretraining Hessian, where the reference solver's pretraining part is the exact one."""
+    if config["validation"]["reference_solver"].split("+")[-1] == "exact":
         return f"{RESULTS}/influence/pretrain_hessian.pt"
     return []
 

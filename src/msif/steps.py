@@ -31,11 +31,11 @@ def _experiment(config: dict, data_path: str) -> Experiment:
 
 
 def _data_args(config: dict) -> dict:
-    return {k: config[k] for k in ("seed", "experiment", "data")}
+    return {k: config[k] for k in ("seed", "experiment", "plugin", "data")}
 
 
 def _train_args(config: dict) -> dict:
-    return {k: config[k] for k in ("seed", "dtype", "experiment", "data", "model", "pretrain", "training")}
+    return {k: config[k] for k in ("seed", "dtype", "experiment", "plugin", "data", "model", "pretrain", "training")}
 
 
 def _finetune_args(config: dict, scenario: str) -> dict:

@@ -39,6 +39,7 @@ TRAIN_KEYS = (
     "dtype",
     "device",
     "experiment",
+    "plugin",
     "data",
     "model",
     "pretrain",

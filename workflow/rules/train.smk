@@ -11,7 +11,7 @@ rule prepare_data:
         mem_mb=1000,
         runtime=5,
     params:
-        cfg=cfg("seed", "experiment", "data"),
+        cfg=cfg("seed", "experiment", "plugin", "data"),
         version=VERSION,
     script:
         "../scripts/prepare_data.py"

@@ -14,12 +14,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import yaml
 from threadpoolctl import threadpool_limits
 
 from msif import io, steps
+from msif.cli import validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The rules' ``threads:`` (workflow/rules/*.smk); the tests run Snakemake with --cores 2.
 THREADS = {"pretrain_hessian": 2}
+
+
+def load_config(path: str | Path) -> dict:
+    """A config file as the workflow sees it: validated against the schema (defaults filled in), cross-key checked."""
+    return validate_config(yaml.safe_load((ROOT / path).read_text()), ROOT / "workflow/schemas/config.schema.yaml")
 
 
 @contextmanager

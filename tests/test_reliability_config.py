@@ -98,7 +98,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("key,value,message", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+@pytest.mark.parametrize("key,value,message", BAD, ids=[f"{k}={v!r}" if v is not DELETE else f"{k}:deleted" for k, v, _ in BAD])
 def test_bad_config_is_refused_naming_key_value_and_allowed(key, value, message):
     with pytest.raises((WorkflowError, ConfigError)) as err:
         check(mutate(TINY, key, value))

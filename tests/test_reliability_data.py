@@ -9,13 +9,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import ROOT
+import inprocess
 from msif import steps
 from msif.data import DataError, Split, TwoStageData, check_inputs, check_two_stage, split_by_classes
 
-TINY = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
+TINY = inprocess.load_config(".test/config/config.yaml")  # defaults filled in, as the workflow does
 
 
 def toy_split(n: int, n_classes: int, start_id: int = 0, dim: int = 3) -> Split:

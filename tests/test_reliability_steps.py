@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 import inprocess
 import msif
@@ -25,7 +24,7 @@ from conftest import ROOT
 from msif import health, io, report, steps
 from msif.training import TrainingError, minimize
 
-TINY = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
+TINY = inprocess.load_config(".test/config/config.yaml")  # defaults filled in, as the workflow does
 
 
 def cfg_with(**changes) -> dict:

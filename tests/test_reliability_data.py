@@ -124,3 +124,30 @@ def test_plugin_data_with_nan_fails_in_prepare_data_before_training(tmp_path, mo
     with pytest.raises(DataError, match=re.escape("bad_plugin/finetune: non-finite (NaN/Inf) inputs at example ids [203, 211]")):
         steps.prepare_data(cfg, str(out))
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_n_test_beyond_a_plugins_test_split_fails_in_prepare_data(tmp_path, monkeypatch):
+    """The digits split sizes are checked at start (msif.config); a plug-in's only once its data are loaded."""
+    (tmp_path / "small_plugin.py").write_text(textwrap.dedent('''
+        import torch
+        from msif.data import Split, TwoStageData
+        from msif.experiment import Plugin, REGISTRY
+
+        def data(config):
+            def split(n, start):
+                x = torch.rand(n, 64, generator=torch.Generator().manual_seed(start), dtype=torch.float64)
+                return Split(x, torch.arange(n) % 2, torch.arange(start, start + n))
+            return TwoStageData(split(20, 0), split(10, 100), split(20, 200), split(3, 300))
+
+        def plugin():
+            return Plugin("small_plugin", data, REGISTRY["digits"].build_model)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = copy.deepcopy(TINY) | {"experiment": "small_plugin:plugin"}
+    out = tmp_path / "results/data/splits.pt"
+    with pytest.raises(DataError, match=re.escape("influence.n_test=4 exceeds the finetuning test split of experiment "
+                                                  "'small_plugin:plugin' (3 examples); allowed 1..3")):
+        steps.prepare_data(cfg, str(out), n_test=4)
+    assert not out.exists()
+    steps.prepare_data(cfg, str(out), n_test=3)
+    assert out.exists()

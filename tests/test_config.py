@@ -7,8 +7,8 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT, snakemake
 
+from conftest import ROOT, snakemake
 from msif.config import ConfigError, check_config
 
 DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())

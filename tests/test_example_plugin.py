@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+
 from conftest import ROOT, copy_workflow
 
 pytestmark = pytest.mark.workflow

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from oracles import finite_difference_upweight, finetuned, retrained_test_losses, tiny_problem
 
 from msif.influence import multi_stage_influence
+from oracles import finetuned, finite_difference_upweight, retrained_test_losses, tiny_problem
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,13 @@ def test_tiny_workflow_writes_the_contract(tiny_run):
     summary = pd.read_csv(res / "validation/summary.csv")
     assert list(summary.columns)[:6] == ["scenario", "solver", "pearson", "spearman", "n_sets", "noise_floor"]
     assert set(summary.scenario) == {"fixed", "updated"}
-    assert (summary.pearson > 0.9).all(), summary
+    multi = summary[summary.method == "multi_stage"]
+    assert (multi.pearson > 0.9).all(), multi
+    assert set(summary.method) == {"multi_stage", "single_stage", "grad_dot", "representation", "random"}
+    assert {"seed", "lds", "pearson_lo", "pearson_hi"} <= set(summary.columns)
+    assert ((multi.pearson_lo <= multi.pearson) & (multi.pearson <= multi.pearson_hi)).all()
+    lds = pd.read_csv(res / "validation/lds.csv")
+    assert list(lds.columns)[:6] == ["scenario", "method", "subset_id", "test_id", "predicted", "actual"]
     html = (res / "report.html").read_text()
     assert "Predicted vs actual" in html and "data:image/png;base64," in html
 

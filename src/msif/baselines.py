@@ -51,8 +51,8 @@ def baseline_scores(pt: PretrainObjective, pt_params: torch.Tensor, ft: Finetune
         "grad_dot": removal_effect(upweight_influence(pt, pt_params, g, batch_size), pt.n),
     }
     w_pt = pt_params[: pt.p_w]
-    feats_test = pt.model.features(w_pt, test.x).flatten(1)
-    feats_pt = pt.model.features(w_pt, pt.data.x).flatten(1)
+    feats_test = pt.model.representation(w_pt, test.x)
+    feats_pt = pt.model.representation(w_pt, pt.data.x)
     out["representation"] = F.cosine_similarity(feats_test[:, None, :], feats_pt[None, :, :], dim=-1)
     gen = torch.Generator().manual_seed(seed)
     out["random"] = torch.randn(len(test), pt.n, generator=gen, dtype=pt_params.dtype).to(pt_params.device)

@@ -75,6 +75,10 @@ class TwoStageModel:
     def features(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.body, self.w_spec.unflatten(w), (x,))
 
+    def representation(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """One feature vector per input (N, D) for similarity baselines: the body's output, flattened."""
+        return self.features(w, x).flatten(1)
+
     def pt_logits(self, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.pt_head, self.u_spec.unflatten(u), (self.features(w, x),))
 

@@ -1,6 +1,7 @@
 # msif: multi-stage influence, from pretraining data to finetuned predictions, validated by retraining.
 # The DAG: data -> pretrain -> finetune -> finetune_ihvp -> pretrain_hessian/pretrain_ihvp -> scores
-#          -> removal_sets -> retrain (fan-out) + noise_floor -> compare -> report
+#          -> removal_sets -> retrain (fan-out) + noise_floor -> compare      (each once per seed)
+#          -> aggregate (pooled over seeds) -> report
 
 
 # The default experiment, unless --configfile names another: a given config file is used alone
@@ -18,6 +19,8 @@ wildcard_constraints:
     solver="|".join(map(re.escape, config["influence"]["solvers"])),
     batch=r"\d+",
     rep=r"\d+",
+    seed=r"\d+",
+    kind="warm|seed",
 
 
 include: "workflow/rules/train.smk"
@@ -29,5 +32,5 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        f"{RESULTS}/report.html",
-        f"{RESULTS}/validation/summary.csv",
+        f"{RUN}/report.html",
+        f"{RUN}/validation/summary.csv",

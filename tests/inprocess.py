@@ -1,4 +1,4 @@
-"""The workflow's steps called in-process, in DAG order, at the workflow's paths (``results/<run>/...``).
+"""The workflow's steps called in-process, in DAG order, at the workflow's paths (``results/<run>/seed<seed>/...``).
 
 Used by the reliability tests: a second, independent run to compare with a Snakemake run bit for bit,
 and a cheap way to inject faults into one step. Each step runs as its Snakemake job would: torch
@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from msif import io, steps
 from msif.cli import validate_config
+from msif.config import for_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,9 @@ THREADS = {"pretrain_hessian": 2}
 
 
 def load_config(path: str | Path) -> dict:
-    """A config file as the workflow sees it: validated against the schema (defaults filled in), cross-key checked."""
-    return validate_config(yaml.safe_load((ROOT / path).read_text()), ROOT / "workflow/schemas/config.schema.yaml")
+    """A config file as a step of its first seed sees it: validated against the schema (defaults filled in), cross-key
+    checked, ``seeds`` replaced by that ``seed`` (msif.config.for_seed)."""
+    return for_seed(validate_config(yaml.safe_load((ROOT / path).read_text()), ROOT / "workflow/schemas/config.schema.yaml"))
 
 
 @contextmanager
@@ -46,7 +48,7 @@ def as_job(rule: str):
 
 
 def paths(root: Path, config: dict) -> dict:
-    r = Path(root) / "results" / config["run"]
+    r = Path(root) / "results" / config["run"] / f"seed{config['seed']}"
     return {
         "data": r / "data/splits.pt",
         "pretrain": r / "train/pretrain.pt",
@@ -57,7 +59,7 @@ def paths(root: Path, config: dict) -> dict:
         "scores": lambda s, so: r / f"influence/{s}/{so}/scores.pt",
         "sets": lambda s: r / f"validation/{s}/removal_sets.json",
         "retrain": lambda s, b: r / f"validation/{s}/retrain/batch{b}.csv",
-        "noise": lambda s, rep: r / f"validation/{s}/noise/rep{rep}.csv",
+        "noise": lambda s, rep: r / f"validation/{s}/noise/warm{rep}.csv",
         "leave_k_out": r / "validation/leave_k_out.csv",
         "summary": r / "validation/summary.csv",
     }

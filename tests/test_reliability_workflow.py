@@ -27,7 +27,7 @@ import yaml
 from conftest import ROOT, TINY, copy_workflow, snakemake
 
 RUN = "tiny"
-RETRAIN = f"results/{RUN}/validation/*/retrain/batch*.csv"
+RETRAIN = f"results/{RUN}/seed0/validation/*/retrain/batch*.csv"
 
 
 def start(wd: Path, name: str, *args: str) -> subprocess.Popen:
@@ -92,7 +92,7 @@ def interrupted(tiny_run, tmp_path_factory) -> dict:
     (wd / "interrupt.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (wd / "side.yaml").write_text(yaml.safe_dump(cfg | {"run": "side"}, sort_keys=False))
     conf = (f"results/{RUN}/validation/summary.csv", "--configfile", "interrupt.yaml")  # the tables; the report is not needed
-    obs: dict = {"wd": wd, "upstream": mtimes(wd, f"results/{RUN}/[dti]*/**/*.*")}
+    obs: dict = {"wd": wd, "upstream": mtimes(wd, f"results/{RUN}/seed0/[dti]*/**/*.*")}
 
     # 1. the fan-out starts; while the run holds its lock, the same run is refused, another run proceeds
     p1 = start(wd, "run1", *conf)
@@ -141,7 +141,7 @@ def test_sigkill_needs_unlock_then_rerun_incomplete_finishes(interrupted):
 @pytest.mark.workflow
 def test_completed_jobs_are_not_recomputed(interrupted):
     o = interrupted
-    assert mtimes(o["wd"], f"results/{RUN}/[dti]*/**/*.*") == o["upstream"], "trained stages and scores were rewritten"
+    assert mtimes(o["wd"], f"results/{RUN}/seed0/[dti]*/**/*.*") == o["upstream"], "trained stages and scores were rewritten"
     kept = {p: t for p, t in o["after_kill"].items() if p not in o["incomplete_after_kill"]}
     assert {p: o["final"][p] for p in kept} == kept, "a completed retraining batch was recomputed"
     rerun = jobs_run(o["finish"].stdout + o["finish"].stderr, "retrain")

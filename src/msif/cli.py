@@ -122,7 +122,7 @@ def cmd_validate(args) -> int:
 def cmd_show_top(args) -> int:
     from msif import io
 
-    path = Path(args.results) / args.run / "influence" / args.scenario / args.solver / "scores.pt"
+    path = Path(args.results) / args.run / f"seed{args.seed}" / "influence" / args.scenario / args.solver / "scores.pt"
     if not path.exists():
         print(f"no scores at {path}: has run {args.run!r} finished the scores step for {args.scenario}/{args.solver}?", file=sys.stderr)
         return 1
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("test_id", type=int, help="the test example's id (its row in the source data set)")
     p.add_argument("--scenario", default="fixed", choices=["fixed", "updated"])
     p.add_argument("--solver", default="exact")
+    p.add_argument("--seed", type=int, default=0, help="which seed's scores (default: 0)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

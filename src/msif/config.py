@@ -89,3 +89,21 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"report.top={r['top']}: exceeds data.n_pretrain={d['n_pretrain']}; allowed 1..{d['n_pretrain']}")
     if config["experiment"] == "digits":
         check_digits_sizes(config)
+
+
+def for_seed(config: dict, seed: int | None = None) -> dict:
+    """The config of one replicate: a workflow config (``seeds: [...]``) with ``seed`` set, as every step sees it.
+
+    ``seed`` defaults to the first of ``seeds``; a config that already names one ``seed`` is returned as is.
+    """
+    if "seeds" not in config:
+        if "seed" not in config:
+            raise ConfigError("config: give seeds: [...] (a list of seeds)")
+        return config
+    seeds = config["seeds"]
+    seed = seeds[0] if seed is None else seed
+    if seed not in seeds:
+        raise ConfigError(f"seed={seed}: not one of seeds={seeds}")
+    out = {k: v for k, v in config.items() if k != "seeds"}
+    out["seed"] = int(seed)
+    return out

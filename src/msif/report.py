@@ -66,14 +66,17 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solver: str, noise_floor: float) -> str:
-    """Predicted vs actual removal effect: identity line, fitted slope, ±2·noise-floor band."""
+def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solver: str, noise_floor: float,
+                   noise_floor_seed: float = float("nan")) -> str:
+    """Predicted vs actual removal effect: identity line, fitted slope, ±2·noise-floor bands (warm start; another seed)."""
     d = lko[(lko.scenario == scenario) & (lko.solver == solver)]
     s = summary[(summary.scenario == scenario) & (summary.solver == solver)].iloc[0]
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     lim = float(np.nanmax(np.abs(np.r_[d.predicted, d.actual]))) * 1.08 or 1.0  # a diverged retraining: actual NaN
+    if np.isfinite(noise_floor_seed) and noise_floor_seed > 0:
+        ax.axhspan(-2 * noise_floor_seed, 2 * noise_floor_seed, color="#fde0c5", zorder=0, label="±2 × noise (another seed)")
     if np.isfinite(noise_floor) and noise_floor > 0:
-        ax.axhspan(-2 * noise_floor, 2 * noise_floor, color="0.85", zorder=0, label="±2 × noise floor")
+        ax.axhspan(-2 * noise_floor, 2 * noise_floor, color="0.75", zorder=0, label="±2 × noise (warm start)")
     ax.plot([-lim, lim], [-lim, lim], color="0.4", lw=1, ls="--", label="identity")
     if np.isfinite(s.slope):
         ax.plot([-lim, lim], [-lim * s.slope, lim * s.slope], color="C3", lw=1, label=f"fit: actual = {s.slope:.2f} × predicted")
@@ -175,6 +178,7 @@ def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
         "Spearman": [f"{v:.3f}" for v in df.spearman],
         "LDS [95% CI]": [ci(*r) for r in zip(df.lds, df.lds_lo, df.lds_hi, strict=True)],
         "sets": df.n_sets.astype(str), "noise floor": [f"{v:.2e}" for v in df.noise_floor],
+        "seed noise": [f"{v:.2e}" if np.isfinite(v) else "—" for v in df.get("noise_floor_seed", pd.Series(np.nan, index=df.index))],
         "slope": [f"{v:.2f}" if m in LOSS_UNIT_METHODS else "—" for v, m in zip(df.slope, df.method, strict=True)],
     })
 
@@ -191,11 +195,16 @@ def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
             "the tables and plots; judge them with care.</div>" + _table(bad[cols].head(limit)))
 
 
-def write_report(config: dict, results: str, out: str) -> None:
-    """Write ``results/<run>/report.html`` from the validation tables and artifacts of a run."""
-    results_p = Path(results)
-    summary = pd.read_csv(results_p / "validation/summary.csv")
-    lko = pd.read_csv(results_p / "validation/leave_k_out.csv")
+def write_report(config: dict, run: str, out: str) -> None:
+    """Write ``results/<run>/report.html`` from the pooled validation tables and the first seed's artifacts."""
+    seeds = config.get("seeds", [config.get("seed", 0)])
+    results_p = Path(run) / f"seed{seeds[0]}"
+    all_rows = pd.read_csv(Path(run) / "validation/summary.csv", dtype={"seed": str})
+    pooled = "all" if len(seeds) > 1 else str(seeds[0])
+    summary = all_rows[all_rows.seed == pooled].reset_index(drop=True)
+    if "noise_floor_seed" not in summary:
+        summary["noise_floor_seed"] = float("nan")
+    lko = pd.read_csv(Path(run) / "validation/leave_k_out.csv")
     data = io.load_tensors(results_p / "data/splits.pt")
     ref = config["validation"]["reference_solver"]
     target = 0.9
@@ -205,8 +214,9 @@ def write_report(config: dict, results: str, out: str) -> None:
     ms = summary[summary.method == "multi_stage"]
     worst = ms.pearson.min()
     cls = "ok" if worst >= target else "warn"
+    over = f"seeds {', '.join(map(str, seeds))} pooled" if len(seeds) > 1 else f"seed {seeds[0]}"
     parts.append(f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
-                 f"leave-k-out removal sets per scenario, Pearson between predicted and actual Δ test loss ranges "
+                 f"leave-k-out removal sets per scenario ({over}), Pearson between predicted and actual Δ test loss ranges "
                  f"{ms.pearson.min():.3f}–{ms.pearson.max():.3f} (Spearman {ms.spearman.min():.3f}–{ms.spearman.max():.3f}); "
                  f"target ≥ {target}. Scores follow one convention: <i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>")
     parts.append(flagged_rows(lko))
@@ -216,9 +226,15 @@ def write_report(config: dict, results: str, out: str) -> None:
                  "[lo, hi] are bootstrap 95% intervals over removal sets. <i>LDS</i>: Spearman between predicted and actual test-loss "
                  "changes across random subsets holding half the pretraining set, averaged over test examples. "
                  "<i>noise floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
-                 "(how precisely retraining lands). <i>slope</i>: least-squares actual ≈ slope × predicted through the origin "
+                 "(how precisely retraining lands); <i>seed noise</i>: the same from a cold start under another seed (how far apart two "
+                 "equally valid trainings land — removal effects below it are not reproducible across trainings). <i>slope</i>: least-squares actual ≈ slope × predicted through the origin "
                  "(first-order predictions underestimate larger removals: slope &gt; 1).</p>")
     parts.append(_table(_summary_view(summary[summary.method == "multi_stage"])))
+    if len(seeds) > 1:
+        per_seed = all_rows[(all_rows.seed != "all") & (all_rows.method == "multi_stage")]
+        parts.append(f"<h3>Per seed</h3><p>Each seed is a full replicate (data split, initialisation, removal sets); the rows above pool "
+                     f"the removal sets and LDS test examples of all {len(seeds)} seeds.</p>")
+        parts.append(_table(_summary_view(per_seed).assign(seed=per_seed.seed.to_numpy())))
     if (summary.method != "multi_stage").any():
         parts.append("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
                      "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
@@ -230,7 +246,8 @@ def write_report(config: dict, results: str, out: str) -> None:
     parts.append("<h2>Predicted vs actual</h2><div class='grid'>")
     lko = lko[lko.method == "multi_stage"] if "method" in lko else lko
     for _, row in summary[summary.method == "multi_stage"].iterrows():
-        parts.append(scatter_figure(lko, summary[summary.method == "multi_stage"], row.scenario, row.solver, row.noise_floor))
+        parts.append(scatter_figure(lko, summary[summary.method == "multi_stage"], row.scenario, row.solver, row.noise_floor,
+                                    row.noise_floor_seed))
     parts.append("</div>")
     by_k = lko.assign(ratio=lko.actual / lko.predicted).groupby(["scenario", "solver", "selection", "k"])["ratio"].median().reset_index()
     parts.append("<h3>First-order accuracy as k grows</h3><p>Median of actual / predicted per selection and k "

@@ -57,3 +57,19 @@ def retrain_both_stages(pt: PretrainObjective, pt_params: torch.Tensor, ft: Fine
         warm = torch.cat([ft_params[: ft.p_theta], w_pt + (ft_params[ft.p_theta :] - ft.w_pt)])
     new_ft = minimize(new_ft_obj, start(warm), grad_tol=grad_tol, max_iter=max_iter)
     return Retrained(test_losses(new_ft_obj, new_ft.params, test).detach(), new_pt.summary(), new_ft.summary())
+
+
+def retrain_from_scratch(pt: PretrainObjective, ft: FinetuneObjective, init: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                         test: Split, grad_tol: float, max_iter: int) -> Retrained:
+    """Train both stages on the *full* data from a fresh initialisation ``init = (w, u, θ)``.
+
+    The cold-start noise floor (method.md, "Retraining noise floor ... under another seed"): the same
+    objectives as the run, another seed's starting point, so the test losses show how far apart two
+    equally valid trainings land — the spread a removal effect has to exceed to mean anything.
+    """
+    w, u, theta = init
+    new_pt = minimize(pt, torch.cat([w, u]), grad_tol=grad_tol, max_iter=max_iter)
+    w_pt = new_pt.params[: pt.p_w]
+    new_ft_obj = FinetuneObjective(ft.model, ft.data, ft.l2, w_pt, ft.scenario, ft.alpha)
+    new_ft = minimize(new_ft_obj, new_ft_obj.initial(theta), grad_tol=grad_tol, max_iter=max_iter)
+    return Retrained(test_losses(new_ft_obj, new_ft.params, test).detach(), new_pt.summary(), new_ft.summary())

@@ -292,21 +292,54 @@ def run_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrai
     io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
 
 
-def run_noise(config: dict, scenario: str, rep: int, data_path: str, pretrain_path: str, finetune_path: str, out: str) -> None:
-    """Noise floor: retrain on the *full* set, warm start perturbed by ``validation.noise_scale`` (seed, rep)."""
+NOISE_KINDS = ("warm", "seed")
+
+
+def noise_seed(seed: int, kind: str, scenario: str, rep: int) -> int:
+    """The seed of one noise-floor retrain: distinct per (run seed, kind, scenario, rep), never the run's own."""
+    tag = [NOISE_KINDS.index(kind), ("fixed", "updated").index(scenario) if scenario in ("fixed", "updated") else 2]
+    return int(np.random.SeedSequence([seed, rep, 7, *tag]).generate_state(1)[0] % 2**31)
+
+
+def run_noise(config: dict, scenario: str, rep: int, data_path: str, pretrain_path: str, finetune_path: str, out: str,
+              kind: str = "warm") -> None:
+    """Noise floor: retrain both stages on the *full* set and record the change of every test loss.
+
+    ``kind="warm"``: the run's own procedure from a warm start perturbed by ``validation.noise_scale``;
+    ``kind="seed"``: a cold start from another seed's initialisation (method.md: "and under another seed").
+    """
     import pandas as pd
 
+    from msif.retraining import retrain_from_scratch
+
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"noise kind {kind!r}: allowed {list(NOISE_KINDS)}")
     exp, pt, pt_params, ft, ft_params = _load_stages(config, scenario, data_path, pretrain_path, finetune_path)
     base = test_losses(ft, ft_params, exp.test)
     r = config["retraining"]
-    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([config["seed"], rep, 7]).generate_state(1)[0]))
-    res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, [], r["grad_tol"], r["max_iter"],
-                              start_noise=config["validation"]["noise_scale"], generator=gen)
+    other = noise_seed(config["seed"], kind, scenario, rep)
+    if kind == "warm":
+        gen = torch.Generator().manual_seed(other)
+        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, [], r["grad_tol"], r["max_iter"],
+                                  start_noise=config["validation"]["noise_scale"], generator=gen)
+    else:
+        init = exp.model.init_params(other, exp.dtype, exp.device)
+        res = retrain_from_scratch(pt, ft, init, exp.test, r["grad_tol"], r["max_iter"])
     delta = (res.test_losses - base).cpu().numpy()
-    log.info("noise[%s] rep %d: max |Δ| %.3e", scenario, rep, np.abs(delta).max())
-    problems = health.retrain_problems(f"noise[{scenario}] rep {rep}", res.pretrain, res.finetune, r["grad_tol"])
-    io.write_text(out, pd.DataFrame({"scenario": scenario, "rep": rep, "test_index": np.arange(len(delta)), "actual": delta,
-                                     "flag": health.flag(problems)}).to_csv(index=False))
+    log.info("noise[%s] %s rep %d (seed %d): RMS Δ %.3e, max |Δ| %.3e", scenario, kind, rep, other,
+             np.sqrt(np.mean(delta**2)), np.abs(delta).max())
+    problems = health.retrain_problems(f"noise[{scenario}] {kind} rep {rep}", res.pretrain, res.finetune, r["grad_tol"])
+    io.write_text(out, pd.DataFrame({"scenario": scenario, "kind": kind, "rep": rep, "test_index": np.arange(len(delta)),
+                                     "actual": delta, "flag": health.flag(problems)}).to_csv(index=False))
+
+
+def noise_floors(noise: pd.DataFrame) -> dict[str, float]:  # noqa: F821 (pandas is imported lazily)
+    """RMS change of the test losses over the noise-floor retrains of each kind (NaN where there are none)."""
+    import pandas as pd
+
+    kinds = noise["kind"] if "kind" in noise else pd.Series("warm", index=noise.index)
+    return {k: float(np.sqrt(np.mean(noise.loc[kinds == k, "actual"] ** 2))) if (kinds == k).any() else float("nan")
+            for k in NOISE_KINDS}
 
 
 def _method_scores(scores_paths: dict, baselines_path: str | None, reference_solver: str) -> dict[tuple[str, str], tuple]:
@@ -339,8 +372,7 @@ def run_compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_path
         sets = io.read_json(sets_path)["sets"]
         actual = pd.concat([pd.read_csv(p) for p in retrain_paths[scenario]]).set_index("set_id")
         actual_sets = actual.loc[[s["set_id"] for s in sets], "actual"].to_numpy()
-        noise = pd.concat([pd.read_csv(p) for p in noise_paths[scenario]])
-        noise_floor = float(np.sqrt(np.mean(noise["actual"] ** 2))) if len(noise) else float("nan")
+        floors = noise_floors(pd.concat([pd.read_csv(p) for p in noise_paths[scenario]]))
         lds_actual = None
         if subsets is not None:
             lds_df = pd.concat([pd.read_csv(p) for p in lds_paths[scenario]])
@@ -351,12 +383,12 @@ def run_compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_path
             frames.append(pd.DataFrame({
                 "scenario": scenario, "solver": solver, "test_id": [int(test_ids[s["test_index"]]) for s in sets],
                 "selection": [s["selection"] for s in sets], "k": [s["k"] for s in sets],
-                "predicted": pred, "actual": actual_sets, "method": method,
+                "predicted": pred, "actual": actual_sets, "method": method, "seed": seed,
             }))
             c = correlations(pred, actual_sets)
             lo, hi = bootstrap_interval(lambda idx, p=pred, a=actual_sets: correlations(p[idx], a[idx])["pearson"], len(pred), n_boot, seed)
             row = {"scenario": scenario, "solver": solver, "pearson": c["pearson"], "spearman": c["spearman"], "n_sets": len(sets),
-                   "noise_floor": noise_floor, "method": method, "seed": seed, "lds": float("nan"), "pearson_lo": lo, "pearson_hi": hi,
+                   "noise_floor": floors["warm"], "noise_floor_seed": floors["seed"], "method": method, "seed": seed, "lds": float("nan"), "pearson_lo": lo, "pearson_hi": hi,
                    "lds_lo": float("nan"), "lds_hi": float("nan"), "slope": c["slope"]}
             if lds_actual is not None:
                 lds_pred = lds_predictions(scores, subsets)
@@ -367,7 +399,7 @@ def run_compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_path
                     "scenario": scenario, "method": method,
                     "subset_id": np.repeat(np.arange(len(subsets)), lds_pred.shape[1]),
                     "test_id": np.tile([int(t) for t in test_ids], len(subsets)),
-                    "predicted": lds_pred.reshape(-1), "actual": lds_actual.reshape(-1), "solver": solver,
+                    "predicted": lds_pred.reshape(-1), "actual": lds_actual.reshape(-1), "solver": solver, "seed": seed,
                 }))
             summary_rows.append(row)
     lko = pd.concat(frames, ignore_index=True)
@@ -381,5 +413,24 @@ def run_compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_path
     io.write_text(summary_out, summary.to_csv(index=False))
     if lds_out:
         lds_table = pd.concat(lds_frames, ignore_index=True) if lds_frames else pd.DataFrame(
-            columns=["scenario", "method", "subset_id", "test_id", "predicted", "actual", "solver"])
+            columns=["scenario", "method", "subset_id", "test_id", "predicted", "actual", "solver", "seed"])
         io.write_text(lds_out, lds_table.to_csv(index=False))
+
+
+def run_aggregate(seeds: list[int], n_boot: int, leave_k_out_paths: list[str], summary_paths: list[str], lds_paths: list[str],
+                  leave_k_out_out: str, summary_out: str, lds_out: str) -> None:
+    """Pool the per-seed validation tables: every seed's rows (column ``seed``) plus pooled rows (``seed = all``)."""
+    import pandas as pd
+
+    from msif.validation import pooled_summary
+
+    read = lambda paths: pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)  # noqa: E731
+    lko, per_seed, lds_table = read(leave_k_out_paths), read(summary_paths), read(lds_paths)
+    found = sorted(set(per_seed["seed"].astype(int)))
+    if found != sorted(seeds):
+        raise ValueError(f"seeds: the per-seed summaries hold seeds {found}, the config asks for {sorted(seeds)}")
+    summary = pooled_summary(lko, lds_table, per_seed, n_boot, seed=min(seeds)) if len(seeds) > 1 else per_seed
+    log.info("summary over seeds %s:\n%s", seeds, summary.to_string(index=False))
+    io.write_text(leave_k_out_out, lko.to_csv(index=False))
+    io.write_text(summary_out, summary.to_csv(index=False))
+    io.write_text(lds_out, lds_table.to_csv(index=False))

@@ -101,3 +101,37 @@ def bootstrap_interval(stat, n_items: int, n_boot: int, seed: int, level: float 
         return float("nan"), float("nan")
     lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
+    """Per-seed summary rows followed by one pooled row per (scenario, method, solver) with ``seed = "all"``.
+
+    Pooled leave-k-out: Pearson/Spearman/slope over the removal sets of every seed, bootstrap interval
+    over those sets. Pooled LDS: the mean of the per-(seed, test) Spearman correlations, bootstrap
+    interval over those (seed, test) pairs. Noise floors: RMS over seeds of the per-seed floors.
+    """
+    import pandas as pd
+
+    rows = []
+    keys = ["scenario", "method", "solver"]
+    for (scenario, method, solver), g in per_seed.groupby(keys, sort=False):
+        sel = (lko.scenario == scenario) & (lko.method == method) & (lko.solver == solver)
+        pred, act = lko.loc[sel, "predicted"].to_numpy(), lko.loc[sel, "actual"].to_numpy()
+        c = correlations(pred, act)
+        lo, hi = bootstrap_interval(lambda idx, p=pred, a=act: correlations(p[idx], a[idx])["pearson"], len(pred), n_boot, seed)
+        row = {**{k: v for k, v in zip(keys, (scenario, method, solver), strict=True)}, "seed": "all",
+               "pearson": c["pearson"], "spearman": c["spearman"], "slope": c["slope"], "pearson_lo": lo, "pearson_hi": hi,
+               "n_sets": int(sel.sum()), "lds": float("nan"), "lds_lo": float("nan"), "lds_hi": float("nan")}
+        for col in ("noise_floor", "noise_floor_seed"):
+            if col in g:
+                row[col] = float(np.sqrt(np.nanmean(g[col].to_numpy(float) ** 2))) if g[col].notna().any() else float("nan")
+        d = lds_table[(lds_table.scenario == scenario) & (lds_table.method == method) & (lds_table.solver == solver)]
+        if len(d):
+            per_test = np.array([lds(t.pivot(index="subset_id", columns="test_id", values="predicted").to_numpy(),
+                                     t.pivot(index="subset_id", columns="test_id", values="actual").to_numpy())[1]
+                                 for _, t in d.groupby("seed")]).reshape(-1)
+            row["lds"] = float(np.nanmean(per_test))
+            row["lds_lo"], row["lds_hi"] = bootstrap_interval(lambda idx, v=per_test: float(np.nanmean(v[idx])), len(per_test), n_boot, seed)
+        rows.append(row)
+    out = pd.concat([per_seed.astype({"seed": str}), pd.DataFrame(rows)], ignore_index=True)
+    return out[list(per_seed.columns)]

@@ -12,26 +12,45 @@ min_version("9.0")
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)
 
-RESULTS = f"results/{config['run']}"
-LOGS = f"logs/{config['run']}"
+SEEDS = config["seeds"]
+RUN = f"results/{config['run']}"  # what a run delivers: the tables pooled over seeds and the report
+RUN_LOGS = f"logs/{config['run']}"
+# Everything else is computed once per seed: each seed is a complete replicate of the experiment
+# (data split, initialisation, removal sets, LDS subsets). The {seed} wildcard is in every path below.
+RESULTS = f"{RUN}/seed{{seed}}"
+LOGS = f"{RUN_LOGS}/seed{{seed}}"
 VERSION = msif.__version__
 ENV = "../../envs/msif.yaml"
 
 
 def cfg(*keys):
-    """The config keys (dotted paths) each step depends on, as a nested dict (its params).
+    """The config keys (dotted paths) each step depends on, as a nested dict (its params), for the job's seed.
 
     Snakemake reruns a job when its params change, so a step sees only what it uses and editing
-    another key does not rerun it.
+    another key does not rerun it. ``seed`` is the job's {seed} wildcard: the step sees a config
+    for one seed (msif.config.for_seed). Keys are sorted, so the params do not depend on the order
+    in which a rule names them.
     """
-    out = {}
-    for key in keys:
-        *parents, leaf = key.split(".")
-        src, dst = config, out
-        for p in parents:
-            src, dst = src[p], dst.setdefault(p, {})
-        dst[leaf] = src[leaf]
-    return out
+
+    def params(wildcards):
+        out = {}
+        for key in sorted(keys):
+            if key == "seed":
+                out["seed"] = int(wildcards.seed)
+                continue
+            *parents, leaf = key.split(".")
+            src, dst = config, out
+            for p in parents:
+                src, dst = src[p], dst.setdefault(p, {})
+            dst[leaf] = src[leaf]
+        return out
+
+    return params
+
+
+def at_seed(path):
+    """An input function: ``path`` (with a {seed} wildcard) at the job's seed, for paths built outside rule bodies."""
+    return lambda wildcards: path.replace("{seed}", wildcards.seed)
 
 
 TRAIN_KEYS = (
@@ -64,7 +83,9 @@ def solver_keys(solver):
 
 def solve_params(*extra):
     """params for steps with a {solver} wildcard - only that solver's options, so editing another's does not rerun it."""
-    return lambda wildcards: cfg(*SOLVE_BASE, *solver_keys(wildcards.solver), *extra)
+    return lambda wildcards: cfg(*SOLVE_BASE, *solver_keys(wildcards.solver), *extra)(
+        wildcards
+    )
 
 
 RETRAIN_KEYS = FINETUNE_KEYS + ("influence.n_test", "retraining")
@@ -90,15 +111,33 @@ def n_lds_batches():
 def reference_hessian(wildcards):
     """The dense pretraining Hessian, where the reference solver's pretraining part is the exact one."""
     if config["validation"]["reference_solver"].split("+")[-1] == "exact":
-        return f"{RESULTS}/influence/pretrain_hessian.pt"
+        return f"{RESULTS}/influence/pretrain_hessian.pt".replace(
+            "{seed}", wildcards.seed
+        )
     return []
 
 
 def hessian_input(wildcards):
     """The dense pretraining Hessian is an input where the pretraining stage's solver is exact ('exact', 'cg+exact')."""
     if wildcards.solver.split("+")[-1] == "exact":
-        return f"{RESULTS}/influence/pretrain_hessian.pt"
+        return f"{RESULTS}/influence/pretrain_hessian.pt".replace(
+            "{seed}", wildcards.seed
+        )
     return []
+
+
+def noise_csvs():
+    """Noise-floor retrains of every scenario (at the job's {seed}): 'warm' = same seed, perturbed warm
+    start (validation.noise_repeats); 'seed' = cold start from another seed's initialisation
+    (validation.seed_noise_repeats)."""
+    v = config["validation"]
+    reps = {"warm": v["noise_repeats"], "seed": v["seed_noise_repeats"]}
+    return [
+        f"{RESULTS}/validation/{s}/noise/{kind}{rep}.csv"
+        for s in config["scenarios"]
+        for kind, n in reps.items()
+        for rep in range(n)
+    ]
 
 
 def scores_for(scenario):

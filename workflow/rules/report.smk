@@ -1,32 +1,38 @@
 rule report:
     input:
-        summary=rules.compare.output.summary,
-        leave_k_out=rules.compare.output.leave_k_out,
-        data=rules.prepare_data.output.pt,
-        scores=[scores_for(s).values() for s in config["scenarios"]],
+        summary=rules.aggregate.output.summary,
+        leave_k_out=rules.aggregate.output.leave_k_out,
+        # the examples, diagnostics and noise of the first seed are drawn
+        data=expand(rules.prepare_data.output.pt, seed=SEEDS[0]),
+        scores=expand(
+            [f for s in config["scenarios"] for f in scores_for(s).values()],
+            seed=SEEDS[0],
+        ),
         meta=[
-            expand(rules.finetune.output.meta, scenario=config["scenarios"]),
-            rules.pretrain.output.meta,
+            expand(
+                rules.finetune.output.meta,
+                scenario=config["scenarios"],
+                seed=SEEDS[0],
+            ),
+            expand(rules.pretrain.output.meta, seed=SEEDS[0]),
             expand(
                 rules.pretrain_ihvp.output.meta,
                 scenario=config["scenarios"],
                 solver=config["influence"]["solvers"],
+                seed=SEEDS[0],
             ),
             expand(
                 rules.finetune_ihvp.output.meta,
                 scenario=config["scenarios"],
                 solver=config["influence"]["solvers"],
+                seed=SEEDS[0],
             ),
         ],
-        noise=expand(
-            rules.noise_floor.output.csv,
-            scenario=config["scenarios"],
-            rep=range(config["validation"]["noise_repeats"]),
-        ),
+        noise=expand(noise_csvs(), seed=SEEDS[0]),
     output:
-        html=f"{RESULTS}/report.html",
+        html=f"{RUN}/report.html",
     log:
-        f"{LOGS}/report.log",
+        f"{RUN_LOGS}/report.log",
     conda:
         ENV
     threads: 1

@@ -50,9 +50,11 @@ rule noise_floor:
         pretrain=rules.pretrain.output.pt,
         finetune=rules.finetune.output.pt,
     output:
-        csv=f"{RESULTS}/validation/{{scenario}}/noise/rep{{rep}}.csv",
+        csv=f"{RESULTS}/validation/{{scenario}}/noise/{{kind}}{{rep}}.csv",
     log:
-        f"{LOGS}/validation/{{scenario}}_noise_rep{{rep}}.log",
+        f"{LOGS}/validation/{{scenario}}_noise_{{kind}}{{rep}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{scenario}}_noise_{{kind}}{{rep}}.tsv"
     conda:
         ENV
     threads: 1
@@ -148,26 +150,29 @@ rule lds_retrain:
 rule compare:
     input:
         scores=[scores_for(s).values() for s in config["scenarios"]],
-        sets=expand(rules.removal_sets.output.json, scenario=config["scenarios"]),
+        sets=expand(
+            rules.removal_sets.output.json,
+            scenario=config["scenarios"],
+            allow_missing=True,
+        ),
         retrain=expand(
             rules.retrain.output.csv,
             scenario=config["scenarios"],
             batch=range(n_batches()),
+            allow_missing=True,
         ),
-        noise=expand(
-            rules.noise_floor.output.csv,
-            scenario=config["scenarios"],
-            rep=range(config["validation"]["noise_repeats"]),
-        ),
+        noise=noise_csvs(),
         baselines=expand(
             rules.baselines.output.pt,
             scenario=config["scenarios"] if BASELINES else [],
+            allow_missing=True,
         ),
         lds_subsets=rules.lds_subsets.output.json if LDS["n_subsets"] else [],
         lds=expand(
             rules.lds_retrain.output.csv,
             scenario=config["scenarios"],
             batch=range(n_lds_batches()),
+            allow_missing=True,
         ),
     output:
         leave_k_out=f"{RESULTS}/validation/leave_k_out.csv",
@@ -187,3 +192,28 @@ rule compare:
         version=VERSION,
     script:
         "../scripts/compare.py"
+
+
+rule aggregate:
+    input:
+        leave_k_out=expand(rules.compare.output.leave_k_out, seed=SEEDS),
+        summary=expand(rules.compare.output.summary, seed=SEEDS),
+        lds=expand(rules.compare.output.lds, seed=SEEDS),
+    output:
+        leave_k_out=f"{RUN}/validation/leave_k_out.csv",
+        summary=f"{RUN}/validation/summary.csv",
+        lds=f"{RUN}/validation/lds.csv",
+    log:
+        f"{RUN_LOGS}/validation/aggregate.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        bootstrap=config["validation"]["bootstrap"],
+        seeds=SEEDS,
+        version=VERSION,
+    script:
+        "../scripts/aggregate.py"

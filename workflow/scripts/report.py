@@ -4,5 +4,5 @@ from msif.logs import job
 from msif.report import write_report
 
 with job(snakemake.log[0], snakemake.threads):
-    results = Path(snakemake.input.summary).parents[1]  # results/<run>/validation/summary.csv
-    write_report(snakemake.params.config, results, snakemake.output.html)
+    run = Path(snakemake.input.summary).parents[1]  # results/<run>/validation/summary.csv
+    write_report(snakemake.params.config, run, snakemake.output.html)

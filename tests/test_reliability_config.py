@@ -63,7 +63,7 @@ BAD = [
     ("seeds", [0, 0], r"\[0, 0\] has non-unique elements"),
     ("seeds", [], r"\[\] is too short|\[\] should be non-empty"),
     ("device", "gpu", r"'gpu' does not match '\^\(auto\|cpu\|cuda"),
-    ("experiment", "nosuch", r"experiment='nosuch': allowed \['digits'\] or 'package\.module:function'"),
+    ("experiment", "nosuch", r"experiment='nosuch': allowed \['digits'(, '\w+')*\] or 'package\.module:function'"),
     ("experiment", "no_such_module_xyz:plugin", r"module 'no_such_module_xyz' is not importable"),
     ("data.n_pretrain", 1, r"1 is less than the minimum of 2"),
     ("data.n_pretrain", 359, r"data\.n_pretrain=359: classes \[0, 1\] have 360 digits examples; allowed 2\.\.358"),

@@ -69,7 +69,7 @@ DIGITS = {"seed": 0, "experiment": "digits", "data": {"pretrain_classes": [0, 1]
         ("test_api:missing", r"cannot import 'missing' from 'test_api'"),
         ("test_api:raising_plugin", r"experiment plug-in test_api:raising_plugin\(\) raised RuntimeError: cannot reach the data"),
         ("test_api:wrong_type_plugin", r"returned dict; expected msif.Plugin"),
-        ("mnist", r"experiment='mnist': allowed \['digits'\]"),
+        ("nosuch", r"experiment='nosuch': allowed \['digits'(, '\w+')*\]"),
     ],
 )
 def test_plugin_lookup_errors_name_the_function(name, message):
@@ -112,7 +112,7 @@ def test_cli_show_top_reads_a_finished_run(tmp_path, capsys):
     from msif import io
 
     scores = torch.tensor([[0.3, -0.1, 0.0, -0.4], [0.0, 0.2, -0.2, 0.1]], dtype=torch.float64)
-    io.save_tensors(tmp_path / "r/influence/fixed/exact/scores.pt",
+    io.save_tensors(tmp_path / "r/seed0/influence/fixed/exact/scores.pt",
                     {"scores": scores, "test_ids": torch.tensor([11, 12]), "pretrain_ids": torch.tensor([100, 101, 102, 103])})
     assert cli.main(["show-top", "r", "11", "-k", "2", "--results", str(tmp_path), "--json"]) == 0
     top = __import__("json").loads(capsys.readouterr().out)

@@ -96,7 +96,7 @@ BAD = [
     ("validation.noise_repeats", 0, r"0 is less than the minimum of 1"),
     ("report.example_tests", 3, r"report\.example_tests=3: exceeds influence\.n_test=2; allowed 0\.\.2"),
     ("report.top", 61, r"report\.top=61: exceeds data\.n_pretrain=60; allowed 1\.\.60"),
-    ("seeds", 1, r"Additional properties are not allowed \('seeds' was unexpected\)"),
+    ("seed", 1, r"Additional properties are not allowed \('seed' was unexpected\)"),  # the old single-seed key: now seeds: [..]
 ]
 
 

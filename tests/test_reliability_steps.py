@@ -164,7 +164,10 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
     summary = pd.read_csv(p["summary"])
     assert np.isfinite(summary.pearson).all()  # the diverged row is kept in the table, left out of the correlations
     html_path = root / "report.html"
-    report.write_report(cfg | {"report": {"example_tests": 0, "top": 1}}, str(root / "results" / TINY["run"]), str(html_path))
+    run = root / "results" / TINY["run"]  # one seed: the run's tables are that seed's
+    steps.run_aggregate([TINY["seed"]], 10, [str(p["leave_k_out"])], [str(p["summary"])], [],
+                        *(str(run / f"validation/{t}.csv") for t in ("leave_k_out", "summary", "lds")))
+    report.write_report(cfg | {"report": {"example_tests": 0, "top": 1}}, str(run), str(html_path))
     html = html_path.read_text()
     assert f"{len(spec['sets']) + 1} of {len(lko)} leave-k-out rows are flagged" in html
     assert "diverged" in html and "finetune_ihvp[fixed,cg]: relative residual" in html

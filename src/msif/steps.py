@@ -425,7 +425,9 @@ def run_aggregate(seeds: list[int], n_boot: int, leave_k_out_paths: list[str], s
     from msif.validation import pooled_summary
 
     read = lambda paths: pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)  # noqa: E731
-    lko, per_seed, lds_table = read(leave_k_out_paths), read(summary_paths), read(lds_paths)
+    lko, per_seed = read(leave_k_out_paths), read(summary_paths)
+    lds_table = read(lds_paths) if lds_paths else pd.DataFrame(
+        columns=["scenario", "method", "subset_id", "test_id", "predicted", "actual", "solver", "seed"])
     found = sorted(set(per_seed["seed"].astype(int)))
     if found != sorted(seeds):
         raise ValueError(f"seeds: the per-seed summaries hold seeds {found}, the config asks for {sorted(seeds)}")

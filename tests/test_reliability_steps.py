@@ -384,3 +384,26 @@ def test_another_seed_changes_scores_and_removal_sets(tiny_steps, tmp_path):
     assert members[0] != members[1]
     with pytest.raises(io.ArtifactMismatch, match=r"seed: on disk 0, expected 1"):  # seed-0 scores, seed-1 removal sets
         steps.run_removal_sets(cfg_with(seed=1), str(p["scores"]("fixed", "exact")), str(tmp_path / "never.json"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cold-start noise floor (another seed's initialisation)
+
+
+def test_training_from_scratch_reproduces_the_run_from_its_own_seed_and_the_seed_noise_is_recorded(tiny_steps, tmp_path):
+    """From the run's own initialisation, training both stages from scratch lands on the run's test losses; the
+    'seed' noise job starts from another seed and records the change with its kind."""
+    from msif.retraining import retrain_from_scratch, test_losses
+
+    root, p = tiny_steps
+    exp, pt, _, ft, ft_params = steps._load_stages(TINY, "updated", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")))
+    base = test_losses(ft, ft_params, exp.test)
+    own = retrain_from_scratch(pt, ft, exp.init_params(), exp.test, 1e-10, 10_000)
+    assert torch.allclose(own.test_losses, base, rtol=0, atol=1e-8), (own.test_losses - base).abs().max()
+    out = tmp_path / "seed0.csv"
+    steps.run_noise(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="seed")
+    rows = pd.read_csv(out)
+    assert set(rows.kind) == {"seed"} and len(rows) == TINY["influence"]["n_test"] and np.isfinite(rows.actual).all()
+    assert steps.noise_seed(0, "seed", "updated", 0) not in {0, steps.noise_seed(0, "warm", "updated", 0), steps.noise_seed(0, "seed", "fixed", 0)}
+    with pytest.raises(ValueError, match=r"noise kind 'cold': allowed \['warm', 'seed'\]"):
+        steps.run_noise(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="cold")

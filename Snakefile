@@ -29,8 +29,14 @@ include: "workflow/rules/validation.smk"
 include: "workflow/rules/report.smk"
 
 
+if config["experiment"] == "text":
+
+    include: "workflow/rules/text.smk"
+
+
 rule all:
     default_target: True
     input:
         f"{RUN}/report.html",
         f"{RUN}/validation/summary.csv",
+        expand(TRACIN_TARGETS, seed=SEEDS),

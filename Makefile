@@ -56,3 +56,30 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
 	nice -n 10 $(PY) -m msif.bench --out results/bench $(BENCH_ARGS)
+
+# msif side by side with captum, dattri, pyDVL, kronfluence and TRAK (not a test): results/bench/peers.csv,
+# peers.png, peers.md. The peers live in their own venv (.venv-peers), never in msif's install; the
+# default run's validation tables (leave-k-out, LDS) are made first if missing. PEERS_ARGS e.g.
+# "--problems pretrain --libraries msif pydvl"; see `python -m msif.bench_peers --help`.
+PEERS_VENV ?= .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_ARGS ?=
+PEERS_CONFIG ?= config/config.yaml
+.PHONY: bench-peers peers-setup
+
+$(PEERS_VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements-peers.txt envs/requirements-peers-nodeps.txt envs/constraints.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PEERS_PY) -m pip install --quiet -r envs/requirements.txt -r envs/requirements-dev.txt -c envs/constraints.txt
+	$(PEERS_PY) -m pip install --quiet --no-deps -e .
+	$(PEERS_PY) -m pip install --quiet -r envs/requirements-peers.txt -c envs/constraints.txt
+	$(PEERS_PY) -m pip install --quiet --no-deps -r envs/requirements-peers-nodeps.txt
+	$(PEERS_PY) -c "import torch, numpy, captum.influence, dattri, trak, pydvl.influence.torch, kronfluence; print('peers ok | torch', torch.__version__, '| numpy', numpy.__version__)"
+	touch $@
+
+peers-setup: $(PEERS_VENV)/.installed
+
+bench-peers: setup peers-setup
+	$(SNAKEMAKE) $$($(PY) -m msif.bench_peers --config $(PEERS_CONFIG) --targets) --profile $(PROFILE) --configfile $(PEERS_CONFIG)
+	nice -n 10 $(PEERS_PY) -m msif.bench_peers --config $(PEERS_CONFIG) --out results/bench $(PEERS_ARGS)
+	$(PEERS_PY) -m msif.bench_peers --markdown --out results/bench > results/bench/peers.md

@@ -15,7 +15,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    scenario="|".join(config["scenarios"]),
+    scenario="|".join(map(re.escape, config["scenarios"])),
     solver="|".join(map(re.escape, config["influence"]["solvers"])),
     batch=r"\d+",
     rep=r"\d+",

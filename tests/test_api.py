@@ -126,3 +126,21 @@ def test_cli_show_top_reads_a_finished_run(tmp_path, capsys):
 def test_config_readme_matches_the_schema():
     """config/README.md is generated from the schema; regenerate with `msif schema-docs > config/README.md`."""
     assert (ROOT / "config/README.md").read_text() == cli.schema_markdown()
+
+
+def test_updated_at_alpha_is_scenario_b_with_its_own_alpha():
+    """``updated@α`` builds the same finetuning objective as ``updated`` with finetune.alpha = α; bad names are refused."""
+    import inprocess
+    from msif.experiment import Experiment
+
+    cfg = inprocess.load_config(".test/config/config.yaml")
+    exp = Experiment.from_config(cfg | {"finetune": cfg["finetune"] | {"alpha": 0.5}}, load_data(cfg))
+    other = Experiment.from_config(cfg | {"finetune": cfg["finetune"] | {"alpha": 0.7}}, exp.data)
+    w = torch.cat(exp.init_params()[:1])
+    x = torch.randn(exp.model.theta_spec.numel + w.numel(), dtype=w.dtype, generator=torch.Generator().manual_seed(0))
+    at, plain = exp.finetune_objective("updated@0.7", w), other.finetune_objective("updated", w)
+    assert (at.scenario, at.alpha) == ("updated", 0.7) and exp.finetune_objective("updated", w).alpha == 0.5
+    assert at(x).item() == plain(x).item() and at(x).item() != exp.finetune_objective("updated", w)(x).item()
+    for bad in ("fixed@0.1", "updated@", "updated@x", "frozen"):
+        with pytest.raises(ValueError, match=r"allowed 'fixed', 'updated' or 'updated@<alpha>'"):
+            exp.finetune_objective(bad, w)

@@ -88,6 +88,8 @@ BAD = [
     ("model.hidden", [], r"\[\] should be non-empty|\[\] is too short"),
     ("model.hidden", [0], r"0 is less than the minimum of 1"),
     ("scenarios", [], r"\[\] should be non-empty|\[\] is too short"),
+    ("scenarios", ["fixed", "updated@x"], r"'updated@x' does not match"),
+    ("scenarios", ["fixed", "updated@0"], r"scenarios: 'updated@0' needs alpha > 0 \(e\.g\. updated@0\.1\)"),
     ("validation.ks", [], r"\[\] should be non-empty|\[\] is too short"),
     ("validation.ks", [0], r"0 is less than the minimum of 1"),
     ("validation.ks", [2, 2], r"\[2, 2\] has non-unique elements"),

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("show-top", help="top proponents and opponents of a test example")
     p.add_argument("run")
     p.add_argument("test_id", type=int, help="the test example's id (its row in the source data set)")
-    p.add_argument("--scenario", default="fixed", choices=["fixed", "updated"])
+    p.add_argument("--scenario", default="fixed", help="fixed, updated or updated@<alpha> (default: fixed)")
     p.add_argument("--solver", default="exact")
     p.add_argument("--seed", type=int, default=0, help="which seed's scores (default: 0)")
     p.add_argument("-k", type=int, default=10)

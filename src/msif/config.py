@@ -96,6 +96,9 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"validation.reference_solver={v['reference_solver']!r}: allowed one of influence.solvers={inf['solvers']}")
     if "updated" in config["scenarios"] and not config["finetune"]["alpha"] > 0:
         raise ConfigError(f"finetune.alpha={config['finetune']['alpha']}: scenario 'updated' needs alpha > 0")
+    for s in config["scenarios"]:
+        if s.startswith("updated@") and not float(s.partition("@")[2]) > 0:
+            raise ConfigError(f"scenarios: {s!r} needs alpha > 0 (e.g. updated@0.1)")
     r = config["report"]
     if r["example_tests"] > inf["n_test"]:
         raise ConfigError(f"report.example_tests={r['example_tests']}: exceeds influence.n_test={inf['n_test']}; "

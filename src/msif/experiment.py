@@ -18,7 +18,7 @@ import torch
 from msif.config import BUILTIN_EXPERIMENTS
 from msif.data import DataError, TwoStageData, check_two_stage, load_digits_two_stage
 from msif.models import TwoStageModel, mlp_model
-from msif.objectives import FinetuneObjective, PretrainObjective
+from msif.objectives import FinetuneObjective, PretrainObjective, parse_scenario
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -161,8 +161,10 @@ class Experiment:
         return PretrainObjective(self.model, self.data.pretrain, self.config["pretrain"]["l2"], weights)
 
     def finetune_objective(self, scenario: str, w_pt: torch.Tensor) -> FinetuneObjective:
+        """The finetuning objective of a scenario name: fixed, updated (α = finetune.alpha) or updated@α."""
         f = self.config["finetune"]
-        return FinetuneObjective(self.model, self.data.finetune, f["l2"], w_pt, scenario, f["alpha"])
+        kind, alpha = parse_scenario(scenario, f["alpha"])
+        return FinetuneObjective(self.model, self.data.finetune, f["l2"], w_pt, kind, alpha)
 
     def init_params(self):
         return self.model.init_params(self.config["seed"], self.dtype, self.device)

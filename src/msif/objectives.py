@@ -13,10 +13,24 @@ from __future__ import annotations
 
 import torch
 
+import re
+
 from msif.data import Split
 from msif.models import TwoStageModel
 
 SCENARIOS = ("fixed", "updated")
+SCENARIO_PATTERN = r"^(fixed|updated(@[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?)?)$"
+
+
+def parse_scenario(name: str, alpha: float) -> tuple[str, float]:
+    """``fixed``, ``updated`` (proximal strength ``alpha``, finetune.alpha) or ``updated@α`` (its own α) → (kind, α).
+
+    ``updated@α`` names let one run compare several α over the same pretraining (the paper's protocol).
+    """
+    kind, _, own = name.partition("@")
+    if kind not in SCENARIOS or not re.match(SCENARIO_PATTERN, name):
+        raise ValueError(f"scenario={name!r}: allowed 'fixed', 'updated' or 'updated@<alpha>' (e.g. updated@0.1)")
+    return kind, float(own) if own else alpha
 
 
 def pretrain_losses(model: TwoStageModel, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

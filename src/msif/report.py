@@ -31,6 +31,12 @@ from msif import io
 LOSS_UNIT_METHODS = ("multi_stage", "single_stage")  # scores in test-loss units, so a slope means something
 SCENARIO_TITLES = {"fixed": "Scenario A — W fixed during finetuning", "updated": "Scenario B — W updated (proximal α)"}
 
+
+def scenario_title(name: str) -> str:
+    """A reader's title for a scenario name (``updated@0.1`` → Scenario B with its α)."""
+    kind, _, alpha = name.partition("@")
+    return f"Scenario B — W updated, α = {alpha}" if kind == "updated" and alpha else SCENARIO_TITLES.get(name, name)
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
@@ -265,7 +271,7 @@ def write_report(config: dict, run: str, out: str) -> None:
         vocab = io.load_meta(results_p / "tracin/scores.pt")["vocab"]
     for s in config["scenarios"]:
         art = io.load_tensors(results_p / f"influence/{s}/{ref}/scores.pt")
-        parts.append(f"<h3>{html.escape(SCENARIO_TITLES.get(s, s))}</h3>")
+        parts.append(f"<h3>{html.escape(scenario_title(s))}</h3>")
         for t in range(min(config["report"]["example_tests"], art["scores"].shape[0])):
             if text:  # sentences and chunks, not images
                 parts.append(report_text.pretraining_examples(data, vocab, art["scores"], art["test_ids"], t, config["report"]["top"]))

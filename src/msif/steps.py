@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from contextlib import contextmanager
 
 import numpy as np
@@ -297,7 +298,7 @@ NOISE_KINDS = ("warm", "seed")
 
 def noise_seed(seed: int, kind: str, scenario: str, rep: int) -> int:
     """The seed of one noise-floor retrain: distinct per (run seed, kind, scenario, rep), never the run's own."""
-    tag = [NOISE_KINDS.index(kind), ("fixed", "updated").index(scenario) if scenario in ("fixed", "updated") else 2]
+    tag = [NOISE_KINDS.index(kind), zlib.crc32(scenario.encode())]
     return int(np.random.SeedSequence([seed, rep, 7, *tag]).generate_state(1)[0] % 2**31)
 
 

@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Extra pip arguments for the torch install (e.g. another index for a CUDA build).
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup run test lint dry-run report clean
+.PHONY: setup run test lint dry-run report clean paper
 
 # The pinned CPU torch goes in first; every later install is constrained to keep it.
 $(VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements-dev.txt envs/requirements-data.txt envs/constraints.txt
@@ -83,3 +83,9 @@ bench-peers: setup peers-setup
 	$(SNAKEMAKE) $$($(PY) -m msif.bench_peers --config $(PEERS_CONFIG) --targets) --profile $(PROFILE) --configfile $(PEERS_CONFIG)
 	nice -n 10 $(PEERS_PY) -m msif.bench_peers --config $(PEERS_CONFIG) --out results/bench $(PEERS_ARGS)
 	$(PEERS_PY) -m msif.bench_peers --markdown --out results/bench > results/bench/peers.md
+
+# Paper mode: the multi-stage paper's image protocol on Fashion-MNIST (two classes) and MNIST (four classes),
+# both scenarios, several alpha, three seeds: results/paper*/tables/ and report.html. Long: hours on 2 cores.
+paper: setup
+	$(SNAKEMAKE) --profile $(PROFILE) --configfile config/paper.yaml $(ARGS)
+	$(SNAKEMAKE) --profile $(PROFILE) --configfile config/paper-mnist.yaml $(ARGS)

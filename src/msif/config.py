@@ -11,6 +11,8 @@ import math
 # Names of the built-in experiment plug-ins (msif.experiment.REGISTRY holds the same names).
 BUILTIN_EXPERIMENTS = ("digits", "text")
 
+BUILTIN_EXPERIMENTS += ("fashion_classes", "mnist_classes")  # one image data set for both stages (msif.image_classes)
+
 # Examples per class (0..9) of scikit-learn's bundled digits, so split sizes are checked at start
 # without loading the data (a test checks these against sklearn).
 DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)

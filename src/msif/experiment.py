@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from msif import image_classes
 from msif.config import BUILTIN_EXPERIMENTS
 from msif.data import DataError, TwoStageData, check_two_stage, load_digits_two_stage
 from msif.models import TwoStageModel, mlp_model
@@ -58,6 +59,9 @@ def _text() -> Plugin:
 
 
 REGISTRY: dict[str, Plugin] = {"digits": Plugin("digits", _digits_data, _mlp), "text": _text()}
+# Both stages on one image data set, disjoint classes, the digits MLP body (msif.image_classes).
+REGISTRY |= {name: Plugin(name, lambda config, name=name: getattr(image_classes, name)(config), _mlp)
+             for name in ("fashion_classes", "mnist_classes")}
 assert set(REGISTRY) == set(BUILTIN_EXPERIMENTS), "msif.config.BUILTIN_EXPERIMENTS must name every built-in plug-in"
 
 

@@ -11,9 +11,9 @@ keeps the denominator n, so retraining realises exactly the ε = −1/n that a s
 
 from __future__ import annotations
 
-import torch
-
 import re
+
+import torch
 
 from msif.data import Split
 from msif.models import TwoStageModel

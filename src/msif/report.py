@@ -279,6 +279,10 @@ def write_report(config: dict, run: str, out: str) -> None:
                 parts.append(examples_figure(data, art["scores"], art["test_ids"], t, config["report"]["top"]))
     if text:
         parts.append(report_text.tracin_section(config, results_p, data))
+    table_md = Path(run) / "tables/paper_table.md"
+    if table_md.exists():
+        parts.append("<h2>Table to paste</h2><p>The pooled rows above as markdown (<code>tables/paper_table.md</code>; the numbers "
+                     "with more digits in <code>tables/summary.csv</code>).</p><pre>" + html.escape(table_md.read_text()) + "</pre>")
     parts.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>msif report: {html.escape(config['run'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     io.write_text(out, page)

@@ -2,6 +2,7 @@ rule report:
     input:
         summary=rules.aggregate.output.summary,
         leave_k_out=rules.aggregate.output.leave_k_out,
+        table=f"{RUN}/tables/paper_table.md",
         # the examples, diagnostics and noise of the first seed are drawn
         data=expand(rules.prepare_data.output.pt, seed=SEEDS[0]),
         scores=expand(
@@ -45,3 +46,24 @@ rule report:
         version=VERSION,
     script:
         "../scripts/report.py"
+
+
+rule tables:
+    input:
+        summary=rules.aggregate.output.summary,
+    output:
+        csv=f"{RUN}/tables/summary.csv",
+        md=f"{RUN}/tables/paper_table.md",
+    log:
+        f"{RUN_LOGS}/tables.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        alpha=config["finetune"]["alpha"],
+        version=VERSION,
+    script:
+        "../scripts/tables.py"

@@ -1,0 +1,35 @@
+"""Paper tables: pooled rows, the scenario's α, and a markdown table with intervals."""
+
+import numpy as np
+import pandas as pd
+
+from msif.tables import markdown, paper_summary
+
+
+def _summary(seeds):
+    rows = []
+    for seed in seeds:
+        for scenario in ("updated@1", "fixed", "updated"):
+            for method in ("random", "multi_stage"):
+                rows.append({"scenario": scenario, "solver": "exact" if method == "multi_stage" else "none", "pearson": 0.9,
+                             "spearman": 0.8, "n_sets": 12, "noise_floor": 1e-9, "noise_floor_seed": np.nan, "method": method,
+                             "seed": seed, "lds": 0.5, "pearson_lo": 0.85, "pearson_hi": 0.95, "lds_lo": 0.4, "lds_hi": 0.6,
+                             "slope": 1.5})
+    return pd.DataFrame(rows)
+
+
+def test_paper_summary_keeps_pooled_rows_with_alpha_and_markdown_has_intervals():
+    table = paper_summary(_summary(["0", "1", "all"]), alpha=0.1)
+    assert len(table) == 6 and list(table.n_seeds.unique()) == [2]
+    assert list(table.scenario) == ["fixed", "fixed", "updated", "updated", "updated@1", "updated@1"]  # multi_stage first
+    assert list(table.method[:2]) == ["multi_stage", "random"]
+    assert np.isnan(table.alpha[0]) and list(table.alpha[2:]) == [0.1, 0.1, 1.0, 1.0]
+    md = markdown(table).splitlines()
+    assert md[0].startswith("| scenario | α | method |") and len(md) == 2 + 6
+    assert md[2] == "| fixed | — | multi_stage | exact | 0.900 [0.850, 0.950] | 0.800 | 0.500 [0.400, 0.600] | 1.50 | 12 |"
+    assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | 12 |")
+
+
+def test_one_seed_run_keeps_its_rows():
+    table = paper_summary(_summary(["3"]), alpha=0.1)
+    assert len(table) == 6 and list(table.n_seeds.unique()) == [1]

@@ -19,10 +19,10 @@ DT = torch.float64
 def test_tokenizer_and_vocabulary_are_deterministic():
     assert tokenize("It's a GOOD film -- 10/10!") == ["it", "s", "a", "good", "film"]
     pretrain = [["b", "a", "c", "a", "d"], ["c", "b", "x"], ["d"]]
-    finetune = [["a", "b", "z", "b"], ["c", "d", "a"], ["z", "z", "z"]]  # z never occurs in pretraining
-    # finetune counts a:2 b:2 c:1 d:1 z:3 -> z dropped (min_count 1); ties broken by the word
+    finetune = [["b", "a", "z", "b"], ["d", "c", "a"], ["z", "z", "z"]]  # z never occurs in pretraining
+    # finetune counts b:2 a:2 d:1 c:1 z:4 -> z dropped (min_count 1); ties broken by the word, not by first occurrence
     assert build_vocab(pretrain, finetune, 4, min_count=1) == ["a", "b", "c", "d"]
-    assert build_vocab(pretrain, finetune, 2, min_count=2) == ["a", "b"]  # d occurs twice, c twice, a twice, b twice
+    assert build_vocab(pretrain, finetune, 3, min_count=2) == ["a", "b", "c"]  # a, b, c, d each occur twice in pretraining
     with pytest.raises(ValueError, match="vocab_size=9"):
         build_vocab(pretrain, finetune, 9, min_count=1)
     index = {w: i for i, w in enumerate(["a", "b", "c"])}
@@ -122,3 +122,23 @@ def test_text_multi_stage_influence_matches_finite_difference_retraining(problem
         fd = finite_difference_upweight(model, data, pt_params, ft_params, i, scenario, alpha)
         rel = (-n * result.scores[:, i] - fd).abs().max() / fd.abs().max()
         assert rel <= 1e-4, (i, -n * result.scores[:, i], fd)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("tracin.ks", [10, 5000], r"tracin.ks=\[10, 5000\]: k=5000 exceeds data.n_finetune=1000"),
+    ("tracin.n_test", 401, r"tracin.n_test=401 exceeds data.n_finetune_test=400"),
+    ("influence.n_test", 401, r"influence.n_test=401 exceeds data.n_finetune_test=400"),
+    ("validation.ks", [10, 401], r"validation.ks=\[10, 401\]: k=401 exceeds data.n_pretrain=400"),
+])
+def test_text_config_cross_key_rules_name_the_key(key, value, match):
+    import yaml
+
+    from conftest import ROOT
+    from msif.config import ConfigError, check_config
+
+    config = yaml.safe_load((ROOT / "config/text.yaml").read_text())
+    check_config(config)
+    block, leaf = key.split(".")
+    config[block][leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        check_config(config)

@@ -395,7 +395,7 @@ def test_training_from_scratch_reproduces_the_run_from_its_own_seed_and_the_seed
     'seed' noise job starts from another seed and records the change with its kind."""
     from msif.retraining import retrain_from_scratch, test_losses
 
-    root, p = tiny_steps
+    _, p = tiny_steps
     exp, pt, _, ft, ft_params = steps._load_stages(TINY, "updated", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")))
     base = test_losses(ft, ft_params, exp.test)
     own = retrain_from_scratch(pt, ft, exp.init_params(), exp.test, 1e-10, 10_000)

@@ -18,6 +18,7 @@ wildcard_constraints:
     scenario="|".join(map(re.escape, config["scenarios"])),
     solver="|".join(map(re.escape, config["influence"]["solvers"])),
     batch=r"\d+",
+    shard=r"\d+",
     rep=r"\d+",
     seed=r"\d+",
     kind="warm|seed",

@@ -143,12 +143,14 @@ class Bench:
         t = config["training"]
         w, u, theta0 = self.exp.init_params()
         t0 = time.perf_counter()
-        self.pt_params = minimize(self.pt, torch.cat([w, u]), grad_tol=t["grad_tol"], max_iter=t["max_iter"]).params
+        self.pt_params = minimize(self.pt, torch.cat([w, u]), grad_tol=t["grad_tol"], max_iter=t["max_iter"],
+                                 newton_steps=t.get("newton_steps", 8)).params
         self.ft, self.ft_params = {}, {}
         for scenario in config["scenarios"]:
             ft = self.exp.finetune_objective(scenario, self.pt_params[: self.exp.model.w_spec.numel])
             self.ft[scenario] = ft
-            self.ft_params[scenario] = minimize(ft, ft.initial(theta0), grad_tol=t["grad_tol"], max_iter=t["max_iter"]).params
+            self.ft_params[scenario] = minimize(ft, ft.initial(theta0), grad_tol=t["grad_tol"], max_iter=t["max_iter"],
+                                              newton_steps=t.get("newton_steps", 8)).params
         log.info("trained both stages in %.1fs (p_pretrain=%d)", time.perf_counter() - t0, self.pt_params.numel())
         self.test = self._test(n_test)
         self._eigh: dict = {}

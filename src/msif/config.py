@@ -9,7 +9,7 @@ import importlib.util
 import math
 
 # Names of the built-in experiment plug-ins (msif.experiment.REGISTRY holds the same names).
-BUILTIN_EXPERIMENTS = ("digits", "text")
+BUILTIN_EXPERIMENTS = ("digits", "text", "fashion_mnist")
 
 BUILTIN_EXPERIMENTS += ("fashion_classes", "mnist_classes")  # one image data set for both stages (msif.image_classes)
 
@@ -81,13 +81,34 @@ def check_text_sizes(config: dict) -> None:
         raise ConfigError(f"tracin.batch_size={tr['batch_size']} exceeds data.n_finetune={t['n_finetune']}; allowed 1..{t['n_finetune']}")
 
 
+# fashion_mnist: Fashion-MNIST has 6,000 training and 1,000 test images per class; MNIST-5k 500 digits per class.
+FASHION_MNIST_PER_CLASS, MNIST5K_PER_CLASS = (6000, 1000), 500
+
+
+def check_fashion_mnist_sizes(config: dict) -> None:
+    """Split sizes of the built-in fashion_mnist experiment, from the class counts (no data loaded)."""
+    d, n_test = config["data"], config["influence"]["n_test"]
+    for key, per_class, classes in (("n_pretrain", FASHION_MNIST_PER_CLASS[0], d["pretrain_classes"]),
+                                    ("n_pretrain_test", FASHION_MNIST_PER_CLASS[1], d["pretrain_classes"])):
+        if d[key] > per_class * len(classes):
+            raise ConfigError(f"data.{key}={d[key]}: pretrain_classes {classes} have {per_class * len(classes)} Fashion-MNIST "
+                              f"images; allowed 1..{per_class * len(classes)}")
+    total = MNIST5K_PER_CLASS * len(d["finetune_classes"])
+    if not len(d["finetune_classes"]) <= d["n_finetune"] <= total - len(d["finetune_classes"]):
+        raise ConfigError(f"data.n_finetune={d['n_finetune']}: finetune_classes {d['finetune_classes']} have {total} MNIST-5k digits; "
+                          f"allowed {len(d['finetune_classes'])}..{total - len(d['finetune_classes'])}")
+    if n_test > total - d["n_finetune"]:
+        raise ConfigError(f"influence.n_test={n_test} exceeds the finetuning test split ({total - d['n_finetune']} MNIST-5k digits); "
+                          f"allowed 1..{total - d['n_finetune']}")
+
+
 def check_config(config: dict) -> None:
     """Raise :class:`ConfigError` on the first violated cross-key rule."""
     check_finite(config)
     check_experiment(config["experiment"])
     d, v, inf = config["data"], config["validation"], config["influence"]
     overlap = sorted(set(d.get("pretrain_classes", [])) & set(d.get("finetune_classes", [])))
-    if overlap:
+    if overlap and config["experiment"] != "fashion_mnist":  # fashion_mnist: classes of two data sets, overlap allowed
         raise ConfigError(f"data.finetune_classes={d['finetune_classes']}: classes {overlap} are also pretraining classes; "
                           "the two tasks must use disjoint classes")
     too_big = [k for k in v["ks"] if k > d.get("n_pretrain", float("inf"))]
@@ -111,6 +132,12 @@ def check_config(config: dict) -> None:
         check_digits_sizes(config)
     if config["experiment"] == "text":
         check_text_sizes(config)
+    if config["experiment"] == "fashion_mnist":
+        check_fashion_mnist_sizes(config)
+    n_pt, shards = d.get("n_pretrain"), inf.get("shards", 1)
+    if n_pt is not None and shards > -(-n_pt // inf["batch_size"]):
+        raise ConfigError(f"influence.shards={shards}: the {n_pt} pretraining examples make {-(-n_pt // inf['batch_size'])} batches "
+                          f"of influence.batch_size={inf['batch_size']}; allowed 1..{-(-n_pt // inf['batch_size'])}")
 
 
 def for_seed(config: dict, seed: int | None = None) -> dict:

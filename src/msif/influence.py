@@ -98,12 +98,52 @@ def per_example_grads(pt: PretrainObjective, params: torch.Tensor, data: Split, 
         yield rows, per_example(params, data.x[rows], data.y[rows])
 
 
-def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Koh & Liang's ``I_up,loss(z_i, x_t) = −sᵀ ∇l(z_i)``, shape (n_test, n_pretrain), streamed over z."""
-    out = torch.empty(s.shape[1], len(pt.data), dtype=s.dtype, device=s.device)
-    for rows, g in per_example_grads(pt, params, pt.data, batch_size):
-        out[:, rows] = -(g @ s).T
+def shard_rows(n: int, batch_size: int, shards: int, shard: int) -> slice:
+    """Rows of pretraining shard ``shard`` of ``shards``: a contiguous run of *whole* batches of ``batch_size``.
+
+    The ⌈n / batch_size⌉ batches are dealt out as evenly as possible (shard j gets batches
+    ⌊jB/S⌋ .. ⌊(j+1)B/S⌋ − 1). Every shard computes exactly the batches the unsharded job computes,
+    so the merged scores are bitwise equal to unsharded ones.
+    """
+    n_batches = -(-n // batch_size)
+    if not 1 <= shards <= n_batches:
+        raise ValueError(f"influence.shards={shards}: allowed 1..{n_batches} (the {n} pretraining examples make {n_batches} "
+                         f"batches of influence.batch_size={batch_size}; a shard holds whole batches)")
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard}: allowed 0..{shards - 1} (influence.shards={shards})")
+    lo, hi = n_batches * shard // shards, n_batches * (shard + 1) // shards
+    return slice(lo * batch_size, min(hi * batch_size, n))
+
+
+def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Tensor, batch_size: int = 256,
+                       rows: slice | None = None) -> torch.Tensor:
+    """Koh & Liang's ``I_up,loss(z_i, x_t) = −sᵀ ∇l(z_i)``, shape (n_test, n_pretrain), streamed over z.
+
+    ``rows`` (from :func:`shard_rows`) restricts z to one shard: shape (n_test, rows), the same numbers as
+    those columns of the unsharded result. Memory: one batch of per-example gradients (batch_size × p).
+    """
+    rows = rows if rows is not None else slice(0, len(pt.data))
+    if rows.start % batch_size:
+        raise ValueError(f"rows {rows}: a shard must start at a batch boundary (a multiple of batch_size={batch_size})")
+    data = Split(pt.data.x[rows], pt.data.y[rows], pt.data.ids[rows])
+    out = torch.empty(s.shape[1], len(data), dtype=s.dtype, device=s.device)
+    for batch, g in per_example_grads(pt, params, data, batch_size):
+        out[:, batch] = -(g @ s).T
     return out
+
+
+def merge_shards(parts: list[tuple[slice, torch.Tensor]], n: int) -> torch.Tensor:
+    """Concatenate shard results ``(rows, scores (n_test, rows))`` into (n_test, n); the shards must tile 0..n exactly."""
+    parts = sorted(parts, key=lambda p: p[0].start)
+    start = 0
+    for rows, part in parts:
+        if rows.start != start or part.shape[1] != rows.stop - rows.start:
+            raise ValueError(f"shards do not tile the {n} pretraining examples: expected a shard starting at row {start}, "
+                             f"got rows {rows.start}..{rows.stop} holding {part.shape[1]} columns")
+        start = rows.stop
+    if start != n:
+        raise ValueError(f"shards cover rows 0..{start} of {n} pretraining examples")
+    return torch.cat([part for _, part in parts], dim=1)
 
 
 def removal_effect(upweight: torch.Tensor, n: int) -> torch.Tensor:

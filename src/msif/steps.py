@@ -19,7 +19,7 @@ from msif import health, io
 from msif.curvature import Eigh, hvp, lanczos_extremes
 from msif.data import DataError, TwoStageData
 from msif.experiment import Experiment, load_data
-from msif.influence import cross_stage_vector, finetune_ihvp, pretrain_ihvp, removal_effect, upweight_influence
+from msif.influence import cross_stage_vector, finetune_ihvp, pretrain_ihvp, removal_effect, shard_rows, upweight_influence
 from msif.operators import Stage
 from msif.retraining import retrain_both_stages, test_losses
 from msif.training import TrainingError, minimize
@@ -62,11 +62,16 @@ def prepare_data(config: dict, out: str, n_test: int | None = None) -> None:
     io.save_tensors(out, data.state_dict(), args=_data_args(config), sizes=sizes)
 
 
+def newton_steps(config: dict) -> int:
+    """``training.newton_steps``: Newton polishing steps after L-BFGS, in training and every retraining (schema default 8)."""
+    return config["training"].get("newton_steps", 8)
+
+
 def _minimum(name: str, fun, x0: torch.Tensor, config: dict) -> tuple[torch.Tensor, dict]:
     t0 = time.perf_counter()
     t = config["training"]
     try:
-        res = minimize(fun, x0, grad_tol=t["grad_tol"], max_iter=t["max_iter"])
+        res = minimize(fun, x0, grad_tol=t["grad_tol"], max_iter=t["max_iter"], newton_steps=newton_steps(config))
     except TrainingError as err:
         raise TrainingError(f"{name}: {err}") from err
     lo, hi = lanczos_extremes(hvp(fun, res.params), res.params.numel(), res.params, iters=t["lanczos_iters"])
@@ -181,22 +186,56 @@ def run_pretrain_ihvp(config: dict, scenario: str, solver: str, data_path: str, 
                     solve=sol.summary(), problems=health.upstream(finetune_ihvp_path, hessian_path) + problems)
 
 
-def run_scores(config: dict, scenario: str, solver: str, data_path: str, pretrain_path: str, pretrain_ihvp_path: str, out: str) -> None:
-    """Step 4: ``score[t, i] = sᵀ∇l(z_i) / n`` (removal effect), streamed over pretraining batches."""
+def _scores_args(config: dict, scenario: str, solver: str) -> dict:
+    """What a score matrix depends on: not ``influence.shards`` (a sharded run gives the same numbers)."""
+    influence = {k: v for k, v in config["influence"].items() if k != "shards"}
+    return {**_finetune_args(config, scenario), "influence": influence, "solver": solver}
+
+
+def run_scores(config: dict, scenario: str, solver: str, data_path: str, pretrain_path: str, pretrain_ihvp_path: str, out: str,
+               shard: int | None = None) -> None:
+    """Step 4: ``score[t, i] = sᵀ∇l(z_i) / n`` (removal effect), streamed over pretraining batches.
+
+    With ``shard`` (0..influence.shards-1): only that shard's pretraining rows (:func:`msif.influence.shard_rows`),
+    saved with their ``rows``; :func:`run_merge_scores` joins the shards into the full matrix.
+    """
     exp = _experiment(config, data_path)
     pt_params = io.load_tensors(pretrain_path, _train_args(config))["params"].to(exp.device)
     s = io.load_tensors(pretrain_ihvp_path, {**_finetune_args(config, scenario), "solver": solver})["s"].to(exp.device)
     pt = exp.pretrain_objective()
+    batch_size = config["influence"]["batch_size"]
+    rows = slice(0, pt.n) if shard is None else shard_rows(pt.n, batch_size, config["influence"].get("shards", 1), shard)
+    name = f"scores[{scenario},{solver}]" + ("" if shard is None else f" shard {shard} (rows {rows.start}..{rows.stop})")
     t0 = time.perf_counter()
-    scores = removal_effect(upweight_influence(pt, pt_params, s, config["influence"]["batch_size"]), pt.n)
+    scores = removal_effect(upweight_influence(pt, pt_params, s, batch_size, rows), pt.n)
+    pretrain_ids = exp.data.pretrain.ids[rows]
     bad = ~torch.isfinite(scores).all(dim=0)
     if bad.any():
-        raise RuntimeError(f"scores[{scenario},{solver}]: non-finite values for pretraining example ids "
-                           f"{exp.data.pretrain.ids[bad.cpu()][:20].tolist()} ({int(bad.sum())} of {len(bad)})")
-    log.info("scores[%s,%s]: shape %s in %.2fs", scenario, solver, tuple(scores.shape), time.perf_counter() - t0)
-    io.save_tensors(out, {"scores": scores, "test_ids": exp.test.ids, "pretrain_ids": exp.data.pretrain.ids},
-                    args={**_finetune_args(config, scenario), "influence": config["influence"], "solver": solver},
-                    convention=msif.SCORE_CONVENTION, problems=health.upstream(pretrain_ihvp_path))
+        raise RuntimeError(f"{name}: non-finite values for pretraining example ids "
+                           f"{pretrain_ids[bad.cpu()][:20].tolist()} ({int(bad.sum())} of {len(bad)})")
+    log.info("%s: shape %s in %.2fs", name, tuple(scores.shape), time.perf_counter() - t0)
+    extra = {} if shard is None else {"rows": torch.tensor([rows.start, rows.stop])}
+    io.save_tensors(out, {"scores": scores, "test_ids": exp.test.ids, "pretrain_ids": pretrain_ids, **extra},
+                    args=_scores_args(config, scenario, solver), convention=msif.SCORE_CONVENTION,
+                    problems=health.upstream(pretrain_ihvp_path))
+
+
+def run_merge_scores(config: dict, scenario: str, solver: str, shard_paths: list[str], out: str) -> None:
+    """Join the shards of :func:`run_scores` into the (n_test, n_pretrain) matrix, bitwise the unsharded one."""
+    from msif.influence import merge_shards
+
+    args = _scores_args(config, scenario, solver)
+    parts = [io.load_tensors(p, args) for p in shard_paths]
+    test_ids = parts[0]["test_ids"]
+    if any(not torch.equal(p["test_ids"], test_ids) for p in parts):
+        raise ValueError(f"scores[{scenario},{solver}]: the shards were computed for different test examples")
+    n = sum(p["scores"].shape[1] for p in parts)
+    as_rows = lambda p: slice(int(p["rows"][0]), int(p["rows"][1]))  # noqa: E731
+    scores = merge_shards([(as_rows(p), p["scores"]) for p in parts], n)
+    pretrain_ids = merge_shards([(as_rows(p), p["pretrain_ids"][None]) for p in parts], n)[0]
+    log.info("scores[%s,%s]: %d shards merged, shape %s", scenario, solver, len(parts), tuple(scores.shape))
+    io.save_tensors(out, {"scores": scores, "test_ids": test_ids, "pretrain_ids": pretrain_ids}, args=args,
+                    convention=msif.SCORE_CONVENTION, problems=health.upstream(*shard_paths))
 
 
 def run_baselines(config: dict, scenario: str, data_path: str, pretrain_path: str, finetune_path: str, hessian_path: str | None,
@@ -241,7 +280,8 @@ def run_lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pre
         kept = set(spec["subsets"][j])
         removed = [i for i in range(pt.n) if i not in kept]
         grad_tol = config["validation"]["lds"]["grad_tol"]
-        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, removed, grad_tol, r["max_iter"])
+        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, removed, grad_tol, r["max_iter"],
+                                  newton_steps=newton_steps(config))
         delta = (res.test_losses - base).cpu().numpy()
         flag = health.flag(health.retrain_problems(f"lds subset {j}", res.pretrain, res.finetune, grad_tol))
         rows += [{"scenario": scenario, "subset_id": j, "test_index": t, "actual": float(delta[t]),
@@ -278,7 +318,8 @@ def run_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrai
         row = {"scenario": scenario, "set_id": s["set_id"], "test_index": t, "test_id": int(exp.test.ids[t]),
                "selection": s["selection"], "k": s["k"]}
         try:
-            res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, s["members"], r["grad_tol"], r["max_iter"])
+            res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, s["members"], r["grad_tol"], r["max_iter"],
+                                      newton_steps=newton_steps(config))
         except TrainingError as err:  # keep the row, flagged: a diverged retraining is a result, not a gap
             log.error("%s: retraining diverged: %s", s["set_id"], err)
             rows.append({**row, "actual": float("nan"), "pretrain_grad_norm": float("nan"), "finetune_grad_norm": float("nan"),
@@ -321,11 +362,11 @@ def run_noise(config: dict, scenario: str, rep: int, data_path: str, pretrain_pa
     other = noise_seed(config["seed"], kind, scenario, rep)
     if kind == "warm":
         gen = torch.Generator().manual_seed(other)
-        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, [], r["grad_tol"], r["max_iter"],
+        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, [], r["grad_tol"], r["max_iter"], newton_steps=newton_steps(config),
                                   start_noise=config["validation"]["noise_scale"], generator=gen)
     else:
         init = exp.model.init_params(other, exp.dtype, exp.device)
-        res = retrain_from_scratch(pt, ft, init, exp.test, r["grad_tol"], r["max_iter"])
+        res = retrain_from_scratch(pt, ft, init, exp.test, r["grad_tol"], r["max_iter"], newton_steps=newton_steps(config))
     delta = (res.test_losses - base).cpu().numpy()
     log.info("noise[%s] %s rep %d (seed %d): RMS Δ %.3e, max |Δ| %.3e", scenario, kind, rep, other,
              np.sqrt(np.mean(delta**2)), np.abs(delta).max())

@@ -117,6 +117,16 @@ def reference_hessian(wildcards):
     return []
 
 
+def score_shards(wildcards):
+    """The influence.shards score shards of one (seed, scenario, solver), merged by rule scores."""
+    return [
+        f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores_shard{i}.pt".format(
+            seed=wildcards.seed, scenario=wildcards.scenario, solver=wildcards.solver
+        )
+        for i in range(config["influence"]["shards"])
+    ]
+
+
 def hessian_input(wildcards):
     """The dense pretraining Hessian is an input where the pretraining stage's solver is exact ('exact', 'cg+exact')."""
     if wildcards.solver.split("+")[-1] == "exact":

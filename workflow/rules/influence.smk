@@ -77,18 +77,18 @@ rule pretrain_ihvp:
         "../scripts/pretrain_ihvp.py"
 
 
-rule scores:
+rule scores_shard:
     input:
         data=rules.prepare_data.output.pt,
         pretrain=rules.pretrain.output.pt,
         pretrain_ihvp=rules.pretrain_ihvp.output.pt,
     output:
-        pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt",
-        meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt.json",
+        pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores_shard{{shard}}.pt",
+        meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores_shard{{shard}}.pt.json",
     log:
-        f"{LOGS}/influence/{{scenario}}_{{solver}}_scores.log",
+        f"{LOGS}/influence/{{scenario}}_{{solver}}_scores_shard{{shard}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_scores.tsv"
+        f"{LOGS}/benchmarks/{{scenario}}_{{solver}}_scores_shard{{shard}}.tsv"
     conda:
         ENV
     threads: 1
@@ -97,7 +97,29 @@ rule scores:
         runtime=30,
         gpu=0,
     params:
-        cfg=solve_params("influence.batch_size"),
+        cfg=solve_params("influence.batch_size", "influence.shards"),
         version=VERSION,
     script:
         "../scripts/scores.py"
+
+
+rule scores:
+    input:
+        shards=score_shards,
+    output:
+        pt=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt",
+        meta=f"{RESULTS}/influence/{{scenario}}/{{solver}}/scores.pt.json",
+    log:
+        f"{LOGS}/influence/{{scenario}}_{{solver}}_scores.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+        gpu=0,
+    params:
+        cfg=solve_params("influence.batch_size"),
+        version=VERSION,
+    script:
+        "../scripts/merge_scores.py"

@@ -1,0 +1,123 @@
+"""Sharded scores: a score job split over the pretraining set gives bitwise the unsharded matrix.
+
+The oracle for the numbers themselves is one autograd gradient per pretraining example (no vmap, no
+batches): ``score[t, i] = sᵀ∇l(z_i) / n``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from msif import io, steps
+from msif.data import Split, TwoStageData
+from msif.images import cnn_model
+from msif.influence import merge_shards, removal_effect, shard_rows, upweight_influence
+from msif.models import mlp_model
+from msif.objectives import PretrainObjective, pretrain_losses
+
+
+def looped_upweight(pt: PretrainObjective, params: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``−sᵀ∇l(z_i)`` with one plain autograd gradient per example."""
+    out = torch.empty(s.shape[1], pt.n, dtype=s.dtype)
+    for i in range(pt.n):
+        p = params.detach().requires_grad_(True)
+        w, u = pt.split(p)
+        (g,) = torch.autograd.grad(pretrain_losses(pt.model, w, u, pt.data.x[i : i + 1], pt.data.y[i : i + 1])[0], p)
+        out[:, i] = -(g @ s)
+    return out
+
+
+def sharded(pt, params, s, batch_size: int, shards: int) -> torch.Tensor:
+    parts = []
+    for j in range(shards):
+        rows = shard_rows(pt.n, batch_size, shards, j)
+        parts.append((rows, upweight_influence(pt, params, s, batch_size, rows)))
+    return merge_shards(parts, pt.n)
+
+
+def test_shard_rows_tile_whole_batches():
+    for n, b in ((100, 7), (64, 16), (5, 5)):
+        n_batches = -(-n // b)
+        for shards in range(1, n_batches + 1):
+            rows = [shard_rows(n, b, shards, j) for j in range(shards)]
+            assert rows[0].start == 0 and rows[-1].stop == n
+            assert all(r.start % b == 0 and r.stop > r.start for r in rows)
+            assert all(a.stop == c.start for a, c in itertools.pairwise(rows))
+    with pytest.raises(ValueError, match=r"influence.shards=16: allowed 1..15 .*100 pretraining examples make 15 batches"):
+        shard_rows(100, 7, 16, 0)
+    with pytest.raises(ValueError, match=r"shard 3: allowed 0..2"):
+        shard_rows(100, 7, 3, 3)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A float64 MLP objective on 40 examples at a random point (sharding is exact at any parameters)."""
+    gen = torch.Generator().manual_seed(1)
+    model = mlp_model(4, [3], 3, 2)
+    pt = PretrainObjective(model, Split(torch.randn(40, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (40,), generator=gen),
+                                        torch.arange(40)), 0.05)
+    params = torch.cat(model.init_params(0, torch.float64, torch.device("cpu"))[:2])
+    return pt, params, torch.randn(params.numel(), 3, dtype=torch.float64, generator=gen)
+
+
+def test_sharded_scores_equal_unsharded_bitwise_and_the_looped_oracle(problem):
+    pt, pt_params, s = problem
+    full = upweight_influence(pt, pt_params, s, batch_size=7)
+    torch.testing.assert_close(full, looped_upweight(pt, pt_params, s), rtol=1e-12, atol=1e-14)
+    for shards in (1, 2, 3, 6):
+        assert torch.equal(sharded(pt, pt_params, s, 7, shards), full), shards
+
+
+def test_sharded_cnn_scores_equal_unsharded_bitwise_float32():
+    """Conv2d + Linear in float32, where a different batching would change the last bits: shards hold whole batches."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(22, 1, 28, 28, generator=gen), torch.randint(0, 3, (22,), generator=gen)
+    model = cnn_model([2], [4], [4], [3], 3, 2)
+    pt = PretrainObjective(model, Split(x, y, torch.arange(22)), 0.01)
+    w, u, _ = model.init_params(0, torch.float32, torch.device("cpu"))
+    params = torch.cat([w, u])
+    s = torch.randn(params.numel(), 4, generator=gen)
+    full = upweight_influence(pt, params, s, batch_size=4)
+    torch.testing.assert_close(full, looped_upweight(pt, params, s), rtol=1e-4, atol=1e-5)
+    for shards in (2, 3, 6):
+        assert torch.equal(sharded(pt, params, s, 4, shards), full), shards
+
+
+def test_merge_refuses_gaps_and_overlaps():
+    part = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match=r"expected a shard starting at row 5, got rows 6\.\.11"):
+        merge_shards([(slice(0, 5), part), (slice(6, 11), part)], 11)
+    with pytest.raises(ValueError, match=r"cover rows 0\.\.5 of 10"):
+        merge_shards([(slice(0, 5), part)], 10)
+
+
+@pytest.mark.workflow
+def test_workflow_shards_merge_to_the_unsharded_scores(tiny_run, tmp_path):
+    """The tiny config runs with influence.shards: 2; its merged scores.pt equals an unsharded score job bitwise."""
+    seed_dir = tiny_run / "results" / "tiny" / "seed0"
+    for scenario in ("fixed", "updated"):
+        d = seed_dir / "influence" / scenario / "exact"
+        assert sorted(p.name for p in d.glob("scores_shard*.pt")) == ["scores_shard0.pt", "scores_shard1.pt"]
+        args = io.load_meta(d / "scores.pt")["args"]
+        assert "shards" not in args["influence"]  # the merged matrix does not depend on how it was sharded
+        config = {**args, "device": "cpu", "influence": {**args["influence"], "shards": 1}}
+        out = tmp_path / f"{scenario}.pt"
+        steps.run_scores(config, scenario, "exact", str(seed_dir / "data" / "splits.pt"), str(seed_dir / "train" / "pretrain.pt"),
+                         str(d / "pretrain_ihvp.pt"), str(out))
+        merged, unsharded = io.load_tensors(d / "scores.pt"), io.load_tensors(out)
+        for key in ("scores", "test_ids", "pretrain_ids"):
+            assert torch.equal(merged[key], unsharded[key]), (scenario, key)
+        assert io.load_meta(d / "scores.pt")["args"] == io.load_meta(out)["args"]
+        n = len(TwoStageData.from_state_dict(io.load_tensors(seed_dir / "data" / "splits.pt")).pretrain)
+        assert merged["scores"].shape == (2, n)
+
+
+def test_removal_effect_of_a_shard_is_its_columns(problem):
+    """The 1/n of a shard is the full set's n (not the shard's size)."""
+    pt, pt_params, s = problem
+    rows = shard_rows(pt.n, 8, 2, 1)
+    full = removal_effect(upweight_influence(pt, pt_params, s, 8), pt.n)
+    assert torch.equal(removal_effect(upweight_influence(pt, pt_params, s, 8, rows), pt.n), full[:, rows])

@@ -98,7 +98,7 @@ def interrupted(tiny_run, tmp_path_factory) -> dict:
     p1 = start(wd, "run1", *conf)
     wait_for(lambda: len(list(wd.glob(RETRAIN))) >= 1, p1)
     obs["same_run"] = run_briefly(wd, "same_run", *conf, "--rerun-incomplete", timeout=45)  # refused within seconds
-    obs["side_run"] = snakemake(wd, "results/side/data/splits.pt", "--configfile", "side.yaml", timeout=120)  # target first
+    obs["side_run"] = snakemake(wd, "results/side/seed0/data/splits.pt", "--configfile", "side.yaml", timeout=120)  # target first
     obs["first_still_running"] = p1.poll() is None
     obs["term_rc"] = kill(p1, signal.SIGTERM)
     obs["after_term"] = mtimes(wd, RETRAIN)
@@ -169,7 +169,7 @@ def test_another_run_name_proceeds_side_by_side(interrupted):
     o = interrupted
     assert o["side_run"].returncode == 0, o["side_run"].stderr[-2000:]
     assert o["first_still_running"], "the side run should have overlapped the first one"
-    assert (o["wd"] / "results/side/data/splits.pt").exists() and (o["wd"] / "logs/side/prepare_data.log").exists()
+    assert (o["wd"] / "results/side/seed0/data/splits.pt").exists() and (o["wd"] / "logs/side/seed0/prepare_data.log").exists()
     assert re.findall(r"rule (\w+):", o["side_run"].stdout + o["side_run"].stderr) == ["prepare_data"]
 
 
@@ -184,3 +184,25 @@ def test_every_output_log_and_benchmark_of_a_run_is_under_its_name(tmp_path):
     paths = [p.strip() for line in re.findall(r"^\s+(?:output|log|benchmark): (.*)$", out, re.M) for p in line.split(",")]
     assert len(paths) > 30
     assert all(p.startswith(("results/other/", "logs/other/")) for p in paths), [p for p in paths if "/other/" not in p]
+
+
+def test_each_seed_is_a_replicate_and_one_aggregate_pools_them(tmp_path):
+    """seeds: [0, 1] — every per-seed job twice, under seed0/ and seed1/; one
+    aggregate reads both seeds' tables and writes the run's."""
+    wd = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((ROOT / TINY).read_text()) | {"seeds": [0, 1]}
+    (wd / "two.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = snakemake(wd, "-n", "--forceall", "--configfile", "two.yaml", timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out[out.index("Job stats"):], re.M))
+    assert counts["prepare_data"] == "2" and counts["compare"] == "2" and counts["aggregate"] == "1", counts
+    outputs = [p.strip() for line in re.findall(r"^\s+output: (.*)$", out, re.M) for p in line.split(",")]
+    per_seed = [p for p in outputs if "/seed" in p]
+    assert {p.split("/")[2] for p in per_seed} == {"seed0", "seed1"}
+    assert sorted(p for p in outputs if "/seed" not in p) == sorted(
+        f"results/tiny/{f}" for f in ("validation/leave_k_out.csv", "validation/summary.csv", "validation/lds.csv", "report.html",
+                                      "tables/summary.csv", "tables/paper_table.md"))
+    agg = out[out.index("rule aggregate:"):]
+    agg_inputs = re.search(r"^\s+input: (.*)$", agg, re.M).group(1)
+    assert all(f"results/tiny/seed{s}/validation/{t}.csv" in agg_inputs for s in (0, 1) for t in ("summary", "leave_k_out", "lds"))

@@ -139,13 +139,13 @@ def examples_figure(data: dict, scores: torch.Tensor, test_ids: torch.Tensor, t:
     fig, axes = plt.subplots(2, top + 1, figsize=(1.25 * (top + 1), 3.0))
     for row in range(2):
         axes[row, 0].axis("off")
-    axes[0, 0].imshow(x_test, cmap="gray_r")
+    axes[0, 0].imshow(x_test.cpu().numpy(), cmap="gray_r")
     axes[0, 0].set_title(f"test id {int(test_ids[t])}", fontsize=8)
     axes[0, 0].axis("on")
     axes[0, 0].set(xticks=[], yticks=[])
     for j, (kind, i) in enumerate(picks):
         ax = axes[0 if kind == "proponent" else 1, 1 + j % top]
-        ax.imshow(x_pt[i], cmap="Blues" if kind == "proponent" else "Reds")
+        ax.imshow(x_pt[i].cpu().numpy(), cmap="Blues" if kind == "proponent" else "Reds")
         ax.set_title(f"{scores[t, i]:+.2e}", fontsize=7)
         ax.set(xticks=[], yticks=[])
     axes[0, 1].set_ylabel("proponents", fontsize=8)

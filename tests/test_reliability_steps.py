@@ -407,3 +407,28 @@ def test_training_from_scratch_reproduces_the_run_from_its_own_seed_and_the_seed
     assert steps.noise_seed(0, "seed", "updated", 0) not in {0, steps.noise_seed(0, "warm", "updated", 0), steps.noise_seed(0, "seed", "fixed", 0)}
     with pytest.raises(ValueError, match=r"noise kind 'cold': allowed \['warm', 'seed'\]"):
         steps.run_noise(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="cold")
+
+
+def test_a_diverged_lds_retraining_keeps_its_rows_flagged_and_the_job_finishes(tiny_steps, tmp_path):
+    _, p = tiny_steps
+    subsets = tmp_path / "lds_subsets.json"
+    steps.run_lds_subsets(TINY, str(p["data"]), str(subsets))
+    n_test, calls = TINY["influence"]["n_test"], []
+
+    class Fake:  # the second subset diverges
+        def __init__(self):
+            calls.append(1)
+            if len(calls) == 2:
+                raise TrainingError("objective became non-finite (nan) during L-BFGS: training diverged")
+            self.test_losses = torch.zeros(n_test, dtype=torch.float64)
+            self.pretrain = self.finetune = {"grad_norm": 1e-12}
+
+    out = tmp_path / "batch0.csv"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(steps, "retrain_both_stages", lambda *a, **k: Fake())
+        steps.run_lds_retrain(TINY, "fixed", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")), str(subsets), str(out))
+    rows = pd.read_csv(out)
+    j = io.read_json(subsets)["batches"][0][1]
+    bad = rows[rows.subset_id == j]
+    assert len(bad) == n_test and bad.actual.isna().all() and bad.flag.str.startswith(f"lds subset {j}: diverged").all()
+    assert rows[rows.subset_id != j].actual.notna().all() and len(rows) == n_test * len(io.read_json(subsets)["batches"][0])

@@ -92,3 +92,12 @@ def test_pooled_summary_pools_the_sets_and_tests_of_every_seed():
     assert pooled.lds == pytest.approx(0.0, abs=1e-12)  # +1 on seed 0 and −1 on seed 1, per test example
     assert -1 <= pooled.lds_lo < -0.3 and 0.3 < pooled.lds_hi <= 1  # resampled over the 6 (seed, test) pairs
     assert pooled.noise_floor == pytest.approx(np.sqrt((1e-6 + 4e-6) / 2)) and pooled.noise_floor_seed == pytest.approx(1e-2)
+
+
+def test_lds_leaves_out_a_diverged_subset_of_that_test_only():
+    rng = np.random.default_rng(1)
+    pred = rng.normal(size=(20, 2))
+    act = pred.copy()
+    act[3, 0] = np.nan  # subset 3 diverged: test 0's correlation uses the other 19 subsets
+    mean, per_test = lds(pred, act)
+    assert per_test == pytest.approx([1.0, 1.0]) and mean == pytest.approx(1.0)

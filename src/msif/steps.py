@@ -280,8 +280,14 @@ def run_lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pre
         kept = set(spec["subsets"][j])
         removed = [i for i in range(pt.n) if i not in kept]
         grad_tol = config["validation"]["lds"]["grad_tol"]
-        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, removed, grad_tol, r["max_iter"],
-                                  newton_steps=newton_steps(config))
+        try:
+            res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, removed, grad_tol, r["max_iter"],
+                                      newton_steps=newton_steps(config))
+        except TrainingError as err:  # as in run_retrain: the subset's rows are kept, NaN and flagged
+            log.error("lds subset %d: retraining diverged: %s", j, err)
+            rows += [{"scenario": scenario, "subset_id": j, "test_index": t, "actual": float("nan"), "pretrain_grad_norm": float("nan"),
+                      "finetune_grad_norm": float("nan"), "flag": f"lds subset {j}: diverged ({err})"} for t in range(len(base))]
+            continue
         delta = (res.test_losses - base).cpu().numpy()
         flag = health.flag(health.retrain_problems(f"lds subset {j}", res.pretrain, res.finetune, grad_tol))
         rows += [{"scenario": scenario, "subset_id": j, "test_index": t, "actual": float(delta[t]),

@@ -84,11 +84,16 @@ def lds_predictions(scores: torch.Tensor, subsets: list[list[int]]) -> np.ndarra
 def lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, np.ndarray]:
     """Linear datamodeling score (Park et al. 2023): Spearman across subsets, per test, averaged over tests.
 
-    ``predicted`` and ``actual`` are (n_subsets, n_test); returns (mean, per-test correlations).
+    ``predicted`` and ``actual`` are (n_subsets, n_test); returns (mean, per-test correlations). A subset
+    whose retraining diverged (actual NaN, its rows flagged) is left out of that test's correlation.
     """
     from scipy import stats
 
-    per_test = np.array([stats.spearmanr(predicted[:, t], actual[:, t])[0] for t in range(predicted.shape[1])])
+    def spearman(p, a):
+        ok = np.isfinite(p) & np.isfinite(a)
+        return stats.spearmanr(p[ok], a[ok])[0] if ok.sum() >= 3 else float("nan")
+
+    per_test = np.array([spearman(predicted[:, t], actual[:, t]) for t in range(predicted.shape[1])])
     return float(np.nanmean(per_test)), per_test
 
 

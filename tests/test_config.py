@@ -57,3 +57,16 @@ def test_check_config_rules():
         check_config(mutate("finetune.alpha", 0.0))
     with pytest.raises(ConfigError, match=r"validation\.reference_solver='cg': allowed one of influence\.solvers=\['exact'\]"):
         check_config(mutate("validation.reference_solver", "cg") | {"influence": DEFAULT["influence"] | {"solvers": ["exact"]}})
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("config/*.yaml"), ROOT / ".test/config/config.yaml"]))
+def test_schema_defaults_fill_no_key_of_another_experiment_into_data_or_model(path):
+    """The schema's defaults never add an experiment-specific key to a config's data or model block (it would sit in every
+    step's params, and a change of another experiment's default would rerun this one)."""
+    from snakemake.utils import validate
+
+    given = yaml.safe_load((ROOT / path).read_text())
+    cfg = copy.deepcopy(given)
+    validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    for block in ("data", "model"):
+        assert cfg[block] == given[block], (block, sorted(set(cfg[block]) - set(given[block])))

@@ -68,6 +68,13 @@ def schema_markdown(schema_path: Path = SCHEMA) -> str:
 
     schema = yaml.safe_load(schema_path.read_text())
     rows = []
+    required_by: dict[str, list[str]] = {}  # "data.n_pretrain" -> the experiments whose branch requires it
+    for branch in schema.get("allOf", []):
+        exp = branch["if"]["properties"]["experiment"]
+        names = exp.get("enum", [exp.get("const")])
+        for block, sub in branch.get("then", {}).get("properties", {}).items():
+            for key in sub.get("required", []):
+                required_by.setdefault(f"{block}.{key}", []).extend(names)
 
     def walk(node: dict, path: str) -> None:
         for name, sub in node.get("properties", {}).items():
@@ -77,9 +84,11 @@ def schema_markdown(schema_path: Path = SCHEMA) -> str:
                 kind += " (" + ", ".join(map(str, sub["enum"])) + ")"
             elif sub.get("type") == "array" and "enum" in sub.get("items", {}):
                 kind += " of (" + ", ".join(map(str, sub["items"]["enum"])) + ")"
-            default = json.dumps(sub["default"]) if "default" in sub else ""
+            default = f"`{json.dumps(sub['default'])}`" if "default" in sub else ""
+            if not default and key in required_by:  # experiment-specific: no default, so none leaks into another experiment
+                default = "required: " + ", ".join(required_by[key])
             desc = " ".join(str(sub.get("description", "")).split())
-            rows.append(f"| `{key}` | {kind} | `{default}` | {desc} |" if default else f"| `{key}` | {kind} | | {desc} |")
+            rows.append(f"| `{key}` | {kind} | {default} | {desc} |")
             if sub.get("type") == "object":
                 walk(sub, key)
 

@@ -57,6 +57,14 @@ BENCH_ARGS ?=
 bench: setup
 	nice -n 10 $(PY) -m msif.bench --out results/bench $(BENCH_ARGS)
 
+# The same on config/scale.yaml (a CNN too big for a dense Hessian; reference: a tightly converged CG):
+# results/bench/scale_solvers.csv, scale_cost.csv. SCALE_ARGS e.g. "--run-dir results/scale/seed0" reuses
+# the workflow's trained optima; see `python -m msif.bench_scale --help`.
+SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: setup
+	nice -n 10 $(PY) -m msif.bench_scale --config config/scale.yaml --out results/bench $(SCALE_ARGS)
+
 # msif side by side with captum, dattri, pyDVL, kronfluence and TRAK (not a test): results/bench/peers.csv,
 # peers.png, peers.md. The peers live in their own venv (.venv-peers), never in msif's install; the
 # default run's validation tables (leave-k-out, LDS) are made first if missing. PEERS_ARGS e.g.

@@ -14,7 +14,7 @@ import torch
 from msif import io, steps
 from msif.data import Split, TwoStageData
 from msif.images import cnn_model
-from msif.influence import merge_shards, removal_effect, shard_rows, upweight_influence
+from msif.influence import merge_shards, removal_effect, shard_rows, upweight_influence, upweight_influence_jvp
 from msif.models import mlp_model
 from msif.objectives import PretrainObjective, pretrain_losses
 
@@ -69,6 +69,12 @@ def test_sharded_scores_equal_unsharded_bitwise_and_the_looped_oracle(problem):
     torch.testing.assert_close(full, looped_upweight(pt, pt_params, s), rtol=1e-12, atol=1e-14)
     for shards in (1, 2, 3, 6):
         assert torch.equal(sharded(pt, pt_params, s, 7, shards), full), shards
+
+
+def test_jvp_dot_products_equal_the_per_example_gradients(problem):
+    pt, pt_params, s = problem
+    torch.testing.assert_close(upweight_influence_jvp(pt, pt_params, s, 7), upweight_influence(pt, pt_params, s, 7),
+                               rtol=1e-12, atol=1e-14)
 
 
 def test_sharded_cnn_scores_equal_unsharded_bitwise_float32():

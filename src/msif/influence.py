@@ -132,6 +132,29 @@ def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Ten
     return out
 
 
+def upweight_influence_jvp(pt: PretrainObjective, params: torch.Tensor, s: torch.Tensor, batch_size: int = 256,
+                           rows: slice | None = None) -> torch.Tensor:
+    """The same ``−sᵀ∇l(z_i)`` as :func:`upweight_influence`, as forward-mode products: for each test column
+    ``s_t``, one JVP of the batch's loss vector ``(l(z_i))_i`` in the direction ``s_t`` gives ``∇l(z_i)·s_t`` for
+    every example of the batch. Never forms per-example gradients (memory: the batch's activations × t);
+    costs about one forward pass per test column, so it pays only for very few test examples.
+    """
+    from torch.func import jvp
+
+    rows = rows if rows is not None else slice(0, len(pt.data))
+    x, y = pt.data.x[rows], pt.data.y[rows]
+    out = torch.empty(s.shape[1], len(y), dtype=s.dtype, device=s.device)
+    for start in range(0, len(y), batch_size):
+        batch = slice(start, min(start + batch_size, len(y)))
+
+        def losses(p: torch.Tensor, xb=x[batch], yb=y[batch]) -> torch.Tensor:
+            w, u = pt.split(p)
+            return pretrain_losses(pt.model, w, u, xb, yb)
+
+        out[:, batch] = -vmap(lambda v, f=losses: jvp(f, (params,), (v,))[1], in_dims=1)(s)
+    return out
+
+
 def merge_shards(parts: list[tuple[slice, torch.Tensor]], n: int) -> torch.Tensor:
     """Concatenate shard results ``(rows, scores (n_test, rows))`` into (n_test, n); the shards must tile 0..n exactly."""
     parts = sorted(parts, key=lambda p: p[0].start)

@@ -1,0 +1,230 @@
+"""Solver benchmark on a model too big for a dense Hessian: ``python -m msif.bench_scale`` (``make bench-scale``).
+
+Not a timed test: it writes tables. On ``config/scale.yaml`` (a CNN, p ≈ 10⁵) there is no exact solve;
+the reference is CG run to a tight tolerance (``--ref-tol``) in both stages, on the config's curvature.
+
+- ``scale_solvers.csv``: for every solver × stage × scenario (``stage=pretrain``: the reference CG in the
+  finetuning stage, the solver for pretraining; ``both``: the solver in both stages; ``finetune``: the
+  solver for finetuning, the reference CG for pretraining), agreement with the reference scores —
+  Pearson, Spearman, top-10 overlap (mean over test examples; ``pearson_min`` the worst) — wall time
+  including any fit, extra peak resident memory, curvature products, the largest relative residual
+  against the true curvature, ``converged``;
+- ``scale_cost.csv``: scoring 1, 10 and 100 test examples end to end (finetune_ihvp, cross_stage_vector,
+  pretrain_ihvp, scores) relative to one pretraining epoch (one forward + backward pass of the mean
+  loss over the pretraining set), split by step, ``cold`` (fits included), ``warm`` (fits reused) and
+  ``warm_unchecked`` (also without the residual checks, one curvature product per test example);
+  ``scores_jvp_s``: the dot products ``∇l(z_i)·s`` computed instead by one JVP per test column
+  (:func:`msif.influence.upweight_influence_jvp`, up to ``--jvp-max-n`` test examples);
+- ``scale_solvers.json``: machine, threads, load average, sizes, the reference's residuals.
+
+Times are wall-clock on a possibly shared machine: compare rows of one run, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from msif import io
+from msif.bench import agreement, epoch_seconds, measured
+from msif.config import for_seed
+from msif.experiment import Experiment
+from msif.influence import (
+    cross_stage_vector,
+    finetune_ihvp,
+    pretrain_ihvp,
+    removal_effect,
+    upweight_influence,
+    upweight_influence_jvp,
+)
+from msif.training import minimize
+
+log = logging.getLogger("msif.bench_scale")
+
+SOLVERS = ("cg", "ekfac", "lissa", "arnoldi")
+STAGES = ("finetune", "pretrain", "both")
+COST_SOLVERS = ("cg+ekfac",)
+COST_N_TEST = (1, 10, 100)
+
+
+class ScaleBench:
+    """Both stages trained once (or loaded from a workflow run), the tight-CG reference, solver runs measured one by one."""
+
+    def __init__(self, config: dict, n_test: int, ref_tol: float, ref_max_iter: int, run_dir: str | None = None):
+        self.config = config
+        self.exp = Experiment.from_config(config)
+        self.options = {**config["influence"], "lanczos_iters": 0}  # the diagnostic Lanczos estimate is not a solver's cost
+        self.ref_options = {**self.options, "cg": {**config["influence"].get("cg", {}), "tol": ref_tol, "max_iter": ref_max_iter}}
+        self.damping = float(config["influence"]["damping"])
+        self.pt = self.exp.pretrain_objective()
+        self.ft, self.ft_params = {}, {}
+        w, u, theta0 = self.exp.init_params()
+        t, t0 = config["training"], time.perf_counter()
+        steps = t.get("newton_steps", 8)
+        if run_dir:  # the workflow's own optima (train/pretrain.pt, train/finetune_<scenario>.pt)
+            self.pt_params = io.load_tensors(Path(run_dir) / "train" / "pretrain.pt")["params"].to(self.exp.device)
+        else:
+            self.pt_params = minimize(self.pt, torch.cat([w, u]), t["grad_tol"], t["max_iter"], newton_steps=steps).params
+        for scenario in config["scenarios"]:
+            ft = self.exp.finetune_objective(scenario, self.pt_params[: self.exp.model.w_spec.numel])
+            self.ft[scenario] = ft
+            if run_dir:
+                self.ft_params[scenario] = io.load_tensors(Path(run_dir) / "train" / f"finetune_{scenario}.pt")["params"].to(self.exp.device)
+            else:
+                self.ft_params[scenario] = minimize(ft, ft.initial(theta0), t["grad_tol"], t["max_iter"], newton_steps=steps).params
+        log.info("both stages ready in %.1fs (p_pretrain=%d, n=%d)", time.perf_counter() - t0, self.pt_params.numel(), self.pt.n)
+        self.test = self._test(n_test)
+        self.reference_residuals: dict = {}
+        self.jvp_max_n = 10
+
+    def _test(self, n: int):
+        split = self.exp.data.finetune_test
+        if n > len(split):
+            raise ValueError(f"--n-test {n} exceeds the finetuning test split ({len(split)})")
+        return split.subset(torch.arange(n, device=self.exp.device))
+
+    def scores(self, s: torch.Tensor) -> torch.Tensor:
+        return removal_effect(upweight_influence(self.pt, self.pt_params, s, self.config["influence"]["batch_size"]), self.pt.n)
+
+    def _finetune(self, scenario, solver, test, reference=False):
+        return finetune_ihvp(self.ft[scenario], self.ft_params[scenario], test, solver, self.damping,
+                             self.ref_options if reference else self.options)
+
+    def _pretrain(self, g, solver, reference=False):
+        return pretrain_ihvp(self.pt, self.pt_params, g, solver, self.damping, self.ref_options if reference else self.options)
+
+    # -- agreement with the tight CG -------------------------------------------------------------
+
+    def agreement_rows(self, solvers=SOLVERS, stages=STAGES) -> list[dict]:
+        rows = []
+        for scenario in self.config["scenarios"]:
+            with measured() as m:
+                ref_v = self._finetune(scenario, "cg", self.test, reference=True)
+                ref_g = cross_stage_vector(self.ft[scenario], self.ft_params[scenario], self.test, ref_v.x)
+                ref_s = self._pretrain(ref_g, "cg", reference=True)
+            reference = self.scores(ref_s.x)
+            self.reference_residuals[scenario] = {"finetune": float(ref_v.residual.max()), "pretrain": float(ref_s.residual.max()),
+                                                  "finetune_hvps": ref_v.info.get("hvps"), "pretrain_hvps": ref_s.info.get("hvps"),
+                                                  "seconds": m["seconds"]}
+            log.info("reference[%s]: %s", scenario, self.reference_residuals[scenario])
+            for solver in solvers:
+                for stage in stages:
+                    rows.append(self._row(scenario, solver, stage, ref_v, ref_g, ref_s, reference))
+        return rows
+
+    def _row(self, scenario, solver, stage, ref_v, ref_g, ref_s, reference) -> dict:
+        row = {"scenario": scenario, "stage": stage, "solver": solver, "curvature": self.options.get("curvature", "hessian"),
+               "reference": "cg"}
+        solves, g, s = [], ref_g, None
+        if stage in ("finetune", "both"):
+            with measured() as m:
+                v = self._finetune(scenario, solver, self.test)
+            g = cross_stage_vector(self.ft[scenario], self.ft_params[scenario], self.test, v.x)
+            solves.append((v, m))
+        if stage in ("pretrain", "both"):
+            with measured() as m:
+                s = self._pretrain(g, solver)
+            solves.append((s, m))
+        else:
+            s = self._pretrain(g, "cg", reference=True)
+        row.update(agreement(self.scores(s.x), reference))
+        row.update(seconds=sum(m["seconds"] for _, m in solves), fit_seconds=sum(x.info.get("fit_seconds", 0.0) for x, _ in solves),
+                   peak_mib=max(m["peak_mib"] for _, m in solves), hvps=sum(x.info.get("hvps", 0) for x, _ in solves),
+                   residual=max(float(x.residual.max()) for x, _ in solves),
+                   converged=all(bool(x.info.get("converged", True)) for x, _ in solves))
+        log.info("%s", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        return row
+
+    # -- cost relative to one epoch ----------------------------------------------------------------
+
+    def cost_rows(self, solvers=COST_SOLVERS, n_tests=COST_N_TEST, scenario: str = "fixed") -> list[dict]:
+        epoch = epoch_seconds(self.pt, self.pt_params, repeats=5)
+        log.info("one pretraining epoch (forward + backward of the mean loss over n=%d): %.3fs", self.pt.n, epoch)
+        rows = []
+        for solver in solvers:
+            for n in n_tests:
+                test, t = self._test(n), {}
+                with measured() as m:
+                    t0 = time.perf_counter()
+                    v = self._finetune(scenario, solver, test)
+                    t["finetune_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+                    g = cross_stage_vector(self.ft[scenario], self.ft_params[scenario], test, v.x)
+                    t["cross_stage_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+                    s = self._pretrain(g, solver)
+                    t["pretrain_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+                    self.scores(s.x)
+                    t["scores_s"] = time.perf_counter() - t0
+                if n <= self.jvp_max_n:  # the forward-mode alternative for the dot products, timed beside them
+                    t0 = time.perf_counter()
+                    upweight_influence_jvp(self.pt, self.pt_params, s.x, self.config["influence"]["batch_size"])
+                    jvp_s = time.perf_counter() - t0
+                else:
+                    jvp_s = float("nan")
+                fits = sum(x.info.get("fit_seconds", 0.0) for x in (v, s))
+                check = sum(x.info.get("residual_seconds", 0.0) for x in (v, s))
+                cold = sum(t.values())
+                warm = cold - fits
+                rows.append({"scenario": scenario, "solver": solver, "n_test": n, **t, "fit_s": fits, "residual_check_s": check,
+                             "cold_s": cold, "warm_s": warm, "epoch_s": epoch, "cold_epochs": cold / epoch, "warm_epochs": warm / epoch,
+                             "warm_unchecked_epochs": (warm - check) / epoch, "peak_mib": m["peak_mib"],
+                             "finetune_hvps": v.info.get("hvps"), "pretrain_residual": float(s.residual.max()),
+                             "scores_jvp_s": jvp_s, "scores_epochs": t["scores_s"] / epoch, "scores_jvp_epochs": jvp_s / epoch})
+                log.info("cost %s", {k: (round(x, 4) if isinstance(x, float) else x) for k, x in rows[-1].items()})
+        return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m msif.bench_scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="config/scale.yaml", help="experiment config (its influence block sets the solver options)")
+    p.add_argument("--run-dir", default=None, help="a workflow run's seed folder (results/<run>/seed<seed>) to take the trained optima from")
+    p.add_argument("--out", default="results/bench", help="output folder")
+    p.add_argument("--n-test", type=int, default=None, help="test examples in the agreement table (default: influence.n_test)")
+    p.add_argument("--ref-tol", type=float, default=1e-6, help="relative residual of the reference CG")
+    p.add_argument("--ref-max-iter", type=int, default=2000, help="iterations of the reference CG")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--solvers", nargs="+", default=["cg", "ekfac"], choices=SOLVERS)
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--cost-solvers", nargs="+", default=list(COST_SOLVERS))
+    p.add_argument("--cost-n-test", type=int, nargs="+", default=list(COST_N_TEST))
+    p.add_argument("--jvp-max-n", type=int, default=10, help="time the JVP dot products up to this many test examples")
+    p.add_argument("--skip-agreement", action="store_true")
+    p.add_argument("--skip-cost", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    config = for_seed(yaml.safe_load(Path(args.config).read_text()))
+    config.setdefault("plugin", {})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    bench = ScaleBench(config, args.n_test or config["influence"]["n_test"], args.ref_tol, args.ref_max_iter, args.run_dir)
+    bench.jvp_max_n = args.jvp_max_n
+    if not args.skip_agreement:
+        agree = pd.DataFrame(bench.agreement_rows(tuple(args.solvers), tuple(args.stages)))
+        agree.to_csv(out / "scale_solvers.csv", index=False)
+        with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 4):
+            print(agree.to_string(index=False))
+    if not args.skip_cost:
+        cost = pd.DataFrame(bench.cost_rows(tuple(args.cost_solvers), tuple(args.cost_n_test)))
+        cost.to_csv(out / "scale_cost.csv", index=False)
+        with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 4):
+            print(cost.to_string(index=False))
+    meta = {"config": args.config, "run_dir": args.run_dir, "torch": torch.__version__, "threads": args.threads,
+            "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
+            "device": str(bench.exp.device), "dtype": config["dtype"], "p_pretrain": bench.pt_params.numel(), "n_pretrain": bench.pt.n,
+            "n_test": len(bench.test), "ref_tol": args.ref_tol, "ref_max_iter": args.ref_max_iter,
+            "reference": bench.reference_residuals, "influence": config["influence"], "seconds": time.perf_counter() - t0}
+    (out / "scale_solvers.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

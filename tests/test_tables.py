@@ -33,3 +33,22 @@ def test_paper_summary_keeps_pooled_rows_with_alpha_and_markdown_has_intervals()
 def test_one_seed_run_keeps_its_rows():
     table = paper_summary(_summary(["3"]), alpha=0.1)
     assert len(table) == 6 and list(table.n_seeds.unique()) == [1]
+
+
+def test_additivity_table_reports_relative_error_per_k_and_per_test_pearson():
+    import re
+
+    from msif.report import additivity_tables
+
+    rows = []
+    for t in (1, 2):
+        for sel in ("top", "bottom", "random"):
+            for k in (2, 10):
+                pred = (1.0 if sel == "top" else -1.0) * k * t
+                rows.append({"scenario": "fixed", "solver": "exact", "test_id": t, "selection": sel, "k": k, "predicted": pred,
+                             "actual": pred * (1 + 0.1 * k) if sel != "random" else 0.3, "seed": 0})
+    html = additivity_tables(pd.DataFrame(rows))
+    cells = re.findall(r"<td>([^<]*)</td>", html)
+    rel = [0.2 / 1.2, 1.0 / 2.0]  # |a − p| / |a| with a = p (1 + 0.1 k), k = 2 and 10
+    assert [float(c) for c in cells[:2]] == [float(f"{r:.4g}") for r in rel]
+    assert "<td class='l'>2</td>" in html  # two test examples summarised

@@ -116,6 +116,32 @@ def methods_figure(summary: pd.DataFrame) -> str:
     return _png(fig)
 
 
+def lds_figure(lds_table: pd.DataFrame, solver: str, per_scenario: int = 3) -> str:
+    """LDS by example: predicted Σ_{i∈S_j} score vs actual Δ test loss over the random subsets S_j, for the first
+    test examples of the first seed, multi-stage influence with the reference solver (the LDS is their Spearman)."""
+    from scipy import stats
+
+    d = lds_table[(lds_table.method == "multi_stage") & (lds_table.solver == solver)]
+    if not len(d):
+        return ""
+    if "seed" in d:
+        d = d[d.seed == d.seed.min()]
+    scenarios = list(dict.fromkeys(d.scenario))
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.4 * len(scenarios), 3.8), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios, strict=True):
+        g = d[d.scenario == scenario]
+        for t in list(dict.fromkeys(g.test_id))[:per_scenario]:
+            h = g[g.test_id == t]
+            rho = stats.spearmanr(h.predicted, h.actual, nan_policy="omit")[0]
+            ax.scatter(h.predicted, h.actual, s=14, alpha=0.8, label=f"test {t}: Spearman {rho:.2f}")
+        ax.set(xlabel="predicted Δ test loss (Σ scores over the removed half)", ylabel="actual Δ test loss (retrained)", title=scenario)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return ("<h3>LDS, example by example</h3><p>Each point is one random half of the pretraining set, retrained without the other "
+            "half; the LDS of a test example is the Spearman correlation of its points (then averaged over test examples).</p>"
+            + _png(fig))
+
+
 def as_image(x: torch.Tensor) -> torch.Tensor | None:
     """An input drawn as a 2-D image: square vectors, (H, W), or (C, H, W) averaged over channels."""
     if x.ndim == 1:
@@ -270,6 +296,9 @@ def write_report(config: dict, run: str, out: str) -> None:
                      "is the fair comparison.</p>")
         parts.append(methods_figure(summary))
         parts.append(_table(_summary_view(summary.sort_values(["scenario", "lds", "pearson"], ascending=[True, False, False]))))
+    lds_path = Path(run) / "validation/lds.csv"
+    if lds_path.exists():
+        parts.append(lds_figure(pd.read_csv(lds_path), ref))
     parts.append("<h2>Predicted vs actual</h2><div class='grid'>")
     lko = lko[lko.method == "multi_stage"] if "method" in lko else lko
     for _, row in summary[summary.method == "multi_stage"].iterrows():

@@ -287,7 +287,9 @@ def write_report(config: dict, run: str, out: str) -> None:
         per_seed = all_rows[(all_rows.seed != "all") & (all_rows.method == "multi_stage")]
         parts.append(f"<h3>Per seed</h3><p>Each seed is a full replicate (data split, initialisation, removal sets); the rows above pool "
                      f"the removal sets and LDS test examples of all {len(seeds)} seeds.</p>")
-        parts.append(_table(_summary_view(per_seed).assign(seed=per_seed.seed.to_numpy())))
+        view = _summary_view(per_seed)
+        view.insert(0, "seed", per_seed.seed.to_numpy())
+        parts.append(_table(view))
     if (summary.method != "multi_stage").any():
         parts.append("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
                      "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
@@ -312,10 +314,10 @@ def write_report(config: dict, run: str, out: str) -> None:
     parts.append(additivity_tables(lko))
     parts.append("<h2>Curvature and convergence</h2><p>Every Hessian that is inverted should be positive definite at a true minimum "
                  "(smallest eigenvalue &gt; 0, after damping); a negative one means a saddle, where influence is unreliable. "
-                 "Residual: ‖(H + λI)x − b‖ / ‖b‖ of each stage-wise solve.</p>")
+                 "Residual: ‖(H + λI)x − b‖ / ‖b‖ of each stage-wise solve." + (f" Seed {seeds[0]}." if len(seeds) > 1 else "") + "</p>")
     parts.append(_table(_diagnostics(results_p, config), "{:.3g}"))
     parts.append(f"<h2>Top proponents and opponents</h2><p>Pretraining examples whose removal is predicted to raise (proponents, blue) "
-                 f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}. Titles are scores (predicted Δ test loss).</p>")
+                 f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}, seed {seeds[0]}. Titles are scores (predicted Δ test loss).</p>")
     text = config["experiment"] == "text"
     if text:
         from msif import report_text

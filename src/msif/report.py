@@ -65,7 +65,7 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
         for c in df.columns:
             v = r[c]
             if isinstance(v, float | np.floating):
-                cells.append(f"<td>{floatfmt.format(v)}</td>")
+                cells.append(f"<td>{floatfmt.format(v)}</td>" if np.isfinite(v) else "<td>—</td>")
             else:
                 cells.append(f"<td class='l'>{html.escape(str(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -190,3 +190,26 @@ def test_peer_exact_equals_msif_exact(trained, library, tmp_path):
     with default_dtype(torch.float64):
         raw, scale, layout, _, _ = PEERS[library][0](pb, Settings(), "exact", tmp_path)
     torch.testing.assert_close(to_removal_effect(torch.as_tensor(raw), pb.n, scale, layout), exact, rtol=1e-6, atol=1e-12)
+
+
+def test_bench_tables_and_ratios_from_a_results_frame():
+    """The README tables come from peers.csv: ratios are msif's time over the fastest peer (as accurate or not)."""
+    import importlib.util
+
+    import pandas as pd
+
+    from msif.bench_peers import COLUMNS, PeersMissing, markdown, ratios, require
+
+    rows = [("pretrain", "cg", "msif", 1.0, 2.0), ("pretrain", "cg", "pydvl", 1.0, 8.0), ("pretrain", "cg", "dattri", 0.9, 1.0),
+            ("pretrain", "ekfac", "msif", 0.7, 1.0), ("pretrain", "ekfac", "kronfluence", 0.6, 4.0)]
+    df = pd.DataFrame([{"problem": p, "method": m, "library": lib, "pearson_vs_exact": r, "wall_s": w, "notes": ""} for p, m, lib, r, w in rows],
+                      columns=COLUMNS)
+    rt = ratios(df).set_index("method")
+    assert rt.loc["cg", "fastest_peer"] == "dattri" and rt.loc["cg", "msif_over_fastest"] == pytest.approx(2.0)
+    assert rt.loc["cg", "fastest_as_accurate"] == "pydvl" and rt.loc["cg", "msif_over_fastest_as_accurate"] == pytest.approx(0.25)
+    assert rt.loc["ekfac", "fastest_as_accurate"] == ""
+    text = markdown(df)
+    assert "| cg | msif | 1 |" in text and "no peer as accurate" in text
+    if importlib.util.find_spec("kronfluence") is None:
+        with pytest.raises(PeersMissing, match="make bench-peers"):
+            require("kronfluence")

@@ -280,7 +280,7 @@ def dattri_run(pb: PeerProblem, s: Settings, method: str, tmp: Path):
     elif method == "lissa":
         att = dif.IFAttributorLiSSA(task, device="cpu", batch_size=s.lissa_batch, recursion_depth=s.lissa_depth, damping=reg,
                                     scaling=s.lissa_scale)
-        note = f"damping = δ/scaling = {reg:g}"
+        note = f"damping = δ/scaling = {reg:g}, one query per batch (memory)"
     elif method == "arnoldi":
         att = dif.IFAttributorArnoldi(task, device="cpu", proj_dim=s.arnoldi_rank, max_iter=s.arnoldi_iters, regularization=reg)
     elif method == "ekfac":
@@ -301,7 +301,8 @@ def dattri_run(pb: PeerProblem, s: Settings, method: str, tmp: Path):
         reg, note = float("nan"), f"one checkpoint, proj_dim {k}, margin output"
     else:
         raise NotImplementedError
-    train, query = _loader(pb.x_train, pb.y_train, n), _loader(pb.x_query, pb.y_query, len(pb.y_query))
+    # dattri vmaps LiSSA over a test batch, each with its own sampled recursion: 20 at once took > 20 GB here (OOM); one at a time
+    train, query = _loader(pb.x_train, pb.y_train, n), _loader(pb.x_query, pb.y_query, 1 if method == "lissa" else len(pb.y_query))
     if method == "tracin":
         raw = att.attribute(train, query)
     elif method == "trak":
@@ -448,6 +449,9 @@ class Actuals:
             ref_scores = io.load_tensors(str(results / "influence" / scenario / ref / "scores.pt"))
             test_ids = [int(t) for t in ref_scores["test_ids"]]
             sets = removal_sets(ref_scores["scores"], v["ks"], v["selections"], config["seed"])
+            stored_sets = results / "validation" / scenario / "removal_sets.json"
+            if stored_sets.exists() and [s["members"] for s in io.read_json(str(stored_sets))["sets"]] != [s["members"] for s in sets]:
+                raise ValueError(f"{stored_sets}: removal sets differ from those rebuilt from the {ref} scores and the config's seed")
             rows = lko[(lko.scenario == scenario) & (lko.method == "multi_stage") & (lko.solver == ref)]
             key = rows.set_index(["test_id", "selection", "k"])["actual"]
             self.sets[scenario] = sets
@@ -486,7 +490,9 @@ def _scale(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (b @ b))
 
 
-def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES, methods=METHODS, results: Path | None = None) -> list[dict]:
+def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES, methods=METHODS, results: Path | None = None,
+        partial: Path | None = None) -> list[dict]:
+    """Every (library, method) on every problem, measured one after another; rows so far go to ``partial`` after each."""
     setup = Setup(config, settings)
     actuals = None
     if results is not None and any(p != "pretrain" for p in problems):
@@ -496,8 +502,8 @@ def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES
     with tempfile.TemporaryDirectory(prefix="msif-peers-") as tmp_dir:
         tmp = Path(tmp_dir)
         for problem in problems:
-            exact, _ = setup.msif(problem, "exact")
-            jobs = [("msif", m) for m in ("exact", "cg", "lissa", "arnoldi", "ekfac", "tracin") if m in methods]
+            exact = None  # msif's exact scores: the first job of every problem, the reference of the others
+            jobs = [("msif", "exact")] + [("msif", m) for m in ("cg", "lissa", "arnoldi", "ekfac", "tracin") if m in methods]
             if problem != "pretrain":
                 jobs.append(("msif", "multi_stage"))
             jobs += [(lib, m) for lib in libraries if lib != "msif" for m in PEERS[lib][1] if m in methods]
@@ -516,6 +522,8 @@ def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES
                             scores = to_removal_effect(torch.as_tensor(raw), pb.n, scale, layout)
                             if problem == "updated" and not shifted:
                                 row["notes"] += "; test gradient at W_pt (module hooks cannot see W_ft)"
+                    if exact is None:
+                        exact = scores
                     a = agreement(scores, exact)
                     row.update(pearson_vs_exact=a["pearson"], spearman_vs_exact=a["spearman"], scale=_scale(scores, exact),
                                wall_s=meas["seconds"], peak_mib=meas["peak_mib"])
@@ -530,6 +538,8 @@ def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES
                     row["notes"] = f"failed: {type(err).__name__}: {str(err)[:200]}"
                 log.info("%s", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
                 rows.append(row)
+                if partial is not None:
+                    io.write_text(str(partial), pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
     return rows
 
 
@@ -599,7 +609,7 @@ def ratios(df: pd.DataFrame) -> pd.DataFrame:
         out.append({"method": method, "msif_pearson": m.pearson_vs_exact, "best_peer": best.library, "best_peer_pearson": best.pearson_vs_exact,
                     "msif_wall_s": m.wall_s, "fastest_peer": fast.library, "fastest_peer_wall_s": fast.wall_s,
                     "msif_over_fastest": m.wall_s / fast.wall_s,
-                    "fastest_as_accurate": None if eq is None else eq.library,
+                    "fastest_as_accurate": "" if eq is None else eq.library,
                     "msif_over_fastest_as_accurate": math.nan if eq is None else m.wall_s / eq.wall_s})
     return pd.DataFrame(out)
 
@@ -631,7 +641,7 @@ def markdown(df: pd.DataFrame) -> str:
         lines += ["", "| method | msif Pearson | best peer (Pearson) | msif wall [s] | fastest peer (wall [s]) | msif / fastest | "
                   "msif / fastest at ≥ msif's accuracy |", "|---|---|---|---|---|---|---|"]
         for r in rt.itertuples():
-            eq = "no peer as accurate" if not isinstance(r.fastest_as_accurate, str) else f"{_fmt(r.msif_over_fastest_as_accurate)} ({r.fastest_as_accurate})"
+            eq = "no peer as accurate" if not r.fastest_as_accurate else f"{_fmt(r.msif_over_fastest_as_accurate)} ({r.fastest_as_accurate})"
             lines.append(f"| {r.method} | {_fmt(r.msif_pearson, 5)} | {r.best_peer} ({_fmt(r.best_peer_pearson, 5)}) | {_fmt(r.msif_wall_s)} | "
                          f"{r.fastest_peer} ({_fmt(r.fastest_peer_wall_s)}) | {_fmt(r.msif_over_fastest)} | {eq} |")
     return "\n".join(lines) + "\n"
@@ -689,8 +699,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{results}/validation/leave_k_out.csv is missing: run the workflow for {args.config} first, or pass "
                          "--results, or --problems pretrain")
     t0 = time.perf_counter()
-    df = pd.DataFrame(run(config, settings, args.problems, args.libraries, args.methods, results), columns=COLUMNS)
     out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(run(config, settings, args.problems, args.libraries, args.methods, results, out / "peers.partial.csv"), columns=COLUMNS)
     io.write_text(str(out / "peers.csv"), df.to_csv(index=False))
     figure(df, out / "peers.png")
     versions = {}

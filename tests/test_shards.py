@@ -60,7 +60,7 @@ def problem():
     pt = PretrainObjective(model, Split(torch.randn(40, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (40,), generator=gen),
                                         torch.arange(40)), 0.05)
     params = torch.cat(model.init_params(0, torch.float64, torch.device("cpu"))[:2])
-    return pt, params, torch.randn(params.numel(), 3, dtype=torch.float64, generator=gen)
+    return pt, params, torch.randn(params.numel(), 5, dtype=torch.float64, generator=gen)  # 5 columns: 'auto' is 'layers'
 
 
 def test_sharded_scores_equal_unsharded_bitwise_and_the_looped_oracle(problem):
@@ -71,10 +71,17 @@ def test_sharded_scores_equal_unsharded_bitwise_and_the_looped_oracle(problem):
         assert torch.equal(sharded(pt, pt_params, s, 7, shards), full), shards
 
 
-def test_jvp_dot_products_equal_the_per_example_gradients(problem):
+def test_jvp_and_vmap_dot_products_equal_the_layerwise_ones(problem):
+    """Three ways to ``∇l(z_i)·s``: per-layer per-example gradients (the default here), vmap, JVP; all equal the looped oracle."""
     pt, pt_params, s = problem
-    torch.testing.assert_close(upweight_influence_jvp(pt, pt_params, s, 7), upweight_influence(pt, pt_params, s, 7),
-                               rtol=1e-12, atol=1e-14)
+    oracle = looped_upweight(pt, pt_params, s)
+    for method in ("layers", "vmap", "jvp", "auto"):
+        torch.testing.assert_close(upweight_influence(pt, pt_params, s, 7, method=method), oracle, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(upweight_influence_jvp(pt, pt_params, s, 7), oracle, rtol=1e-12, atol=1e-14)
+    for shards in (2, 3):
+        assert torch.equal(merge_shards([(r, upweight_influence(pt, pt_params, s, 7, r, method="vmap"))
+                                         for r in (shard_rows(pt.n, 7, shards, j) for j in range(shards))], pt.n),
+                           upweight_influence(pt, pt_params, s, 7, method="vmap"))
 
 
 def test_sharded_cnn_scores_equal_unsharded_bitwise_float32():
@@ -85,11 +92,13 @@ def test_sharded_cnn_scores_equal_unsharded_bitwise_float32():
     pt = PretrainObjective(model, Split(x, y, torch.arange(22)), 0.01)
     w, u, _ = model.init_params(0, torch.float32, torch.device("cpu"))
     params = torch.cat([w, u])
-    s = torch.randn(params.numel(), 4, generator=gen)
+    s = torch.randn(params.numel(), 6, generator=gen)  # 6 columns: 'auto' is 'layers'
     full = upweight_influence(pt, params, s, batch_size=4)
     torch.testing.assert_close(full, looped_upweight(pt, params, s), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(upweight_influence(pt, params, s, batch_size=4, method="vmap"), full, rtol=1e-4, atol=1e-5)
     for shards in (2, 3, 6):
         assert torch.equal(sharded(pt, params, s, 4, shards), full), shards
+        assert torch.equal(sharded(pt, params, s[:, :2], 4, shards), upweight_influence(pt, params, s[:, :2], 4)), shards  # jvp
 
 
 def test_merge_refuses_gaps_and_overlaps():

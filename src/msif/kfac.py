@@ -174,6 +174,37 @@ def _layer_statistics(stage: Stage, params: torch.Tensor, layers: list[Layer], b
                     visit(layers[i], a, layers[i].output_grads(g), w, k == 0)
 
 
+def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``∇l(z_i)·s_t`` for the examples ``idx`` and every column of ``s`` (p, t), when every parameter sits in ``layers``.
+
+    One forward with hooks and one backward of ``Σ_i l(z_i)`` (unweighted: each example's loss depends
+    only on its own outputs, so the output gradients ``g_il`` are per example); then per layer the
+    per-example gradient ``G_i = Σ_l g_il a_ilᵀ`` (out, d) and its products with the columns of ``s`` as
+    (out, d) matrices. No vmap over examples; shape (t, len(idx)).
+    """
+    calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(layers))}
+    hooks = [layer.module.register_forward_hook(lambda _m, inp, out, i=i, calls=calls: calls[i].append((inp[0].detach(), out)))
+             for i, layer in enumerate(layers)]
+    try:
+        with torch.enable_grad():
+            p = params.detach().requires_grad_(True)
+            z = stage.outputs(p, stage.x[idx])
+            losses = stage.loss(z, stage.y[idx])
+    finally:
+        for h in hooks:
+            h.remove()
+    flat = [(i, a, out) for i, c in calls.items() for a, out in c]
+    grads = torch.autograd.grad(losses.sum(), [out for _, _, out in flat], allow_unused=True)
+    dots = torch.zeros(s.shape[1], len(idx), dtype=s.dtype, device=s.device)
+    for (i, a, _), g in zip(flat, grads, strict=True):
+        if g is None:
+            continue
+        layer = layers[i]
+        per_example = torch.einsum("nlo,nld->nod", layer.output_grads(g), layer.patches(a))
+        dots += layer.gather(s).reshape(s.shape[1], -1) @ per_example.reshape(len(idx), -1).T
+    return dots
+
+
 @dataclass
 class EKFAC:
     """A fitted EK-FAC of one stage: per-layer eigenbases and corrected eigenvalues, plus the rest's diagonal."""
@@ -211,6 +242,9 @@ class EKFAC:
 
         def correction(layer: Layer, a: torch.Tensor, g: torch.Tensor, w: torch.Tensor, _first_k: bool) -> None:
             g_rot, a_rot = g @ layer.qs, a @ layer.qa
+            if g_rot.shape[1] == 1:  # one position (a Linear on a vector): (g aᵀ)² = g² (a²)ᵀ, one product, no per-example G
+                layer.eigenvalues += (w[:, None] * g_rot[:, 0].square()).T @ a_rot[:, 0].square()
+                return
             step = max(1, CHUNK_ELEMENTS // (layer.out * layer.d))  # per-example gradients (step, out, d) at a time
             for i in range(0, len(w), step):
                 grad = torch.einsum("nlo,nld->nod", g_rot[i : i + step], a_rot[i : i + step])

@@ -259,8 +259,12 @@ def _dattri_task(pb: PeerProblem, method: str = "loss"):
             x, y = x[None], y[None]
         return -f(params, (x, y)) - torch.log1p(-torch.exp(-f(params, (x, y))))
 
+    def load(m, ckpt):  # the checkpoint holds (W, U) only; the buffers (Θ, W_ft − W_pt) stay as they are
+        m.load_state_dict(ckpt, strict=False)
+        return m
+
     params = {k: v for k, v in model.state_dict().items() if k in dict(model.named_parameters())}
-    return AttributionTask(loss_func=margin if method == "trak" else f, model=model, checkpoints=params), f
+    return AttributionTask(loss_func=margin if method == "trak" else f, model=model, checkpoints=params, checkpoints_load_func=load), f
 
 
 def dattri_run(pb: PeerProblem, s: Settings, method: str, tmp: Path):
@@ -426,7 +430,8 @@ PEERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "kronfluence": (kronfluence_run, ("ekfac",)),
     "traker": (traker_run, ("trak",)),
 }
-HOOK_BASED = {("kronfluence", "ekfac"), ("pydvl", "ekfac"), ("dattri", "ekfac")}  # per-example gradients from module hooks
+# per-example gradients from module hooks (captum's TracInCP with sample_wise_grads_per_batch too): they cannot see W_ft
+HOOK_BASED = {("kronfluence", "ekfac"), ("pydvl", "ekfac"), ("dattri", "ekfac"), ("captum", "tracin")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,7 +581,9 @@ def figure(df: pd.DataFrame, path: Path) -> None:
         axes[1].scatter(sub.wall_s, sub.pearson_vs_exact, color=colors[lib], label=lib)
         for r in sub.itertuples():
             axes[1].annotate(r.method, (r.wall_s, r.pearson_vs_exact), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes[1].set(xscale="log", xlabel="wall time incl. fit [s]", ylabel="Pearson with msif exact", title="Accuracy vs cost (one run)")
+    axes[1].set(xlabel="wall time incl. fit [s]", ylabel="Pearson with msif exact", title="Accuracy vs cost (single-stage problem)")
+    if (d.wall_s > 0).any():
+        axes[1].set_xscale("log")
     v = df[(df.problem != "pretrain") & df.lkout_pearson.notna()]
     labels = [f"{r.library}\n{r.method}" for r in v.drop_duplicates(["library", "method"]).itertuples()]
     scen = list(dict.fromkeys(v.problem))

@@ -60,7 +60,7 @@ def problem():
     pt = PretrainObjective(model, Split(torch.randn(40, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (40,), generator=gen),
                                         torch.arange(40)), 0.05)
     params = torch.cat(model.init_params(0, torch.float64, torch.device("cpu"))[:2])
-    return pt, params, torch.randn(params.numel(), 5, dtype=torch.float64, generator=gen)  # 5 columns: 'auto' is 'layers'
+    return pt, params, torch.randn(params.numel(), 17, dtype=torch.float64, generator=gen)  # 17 columns: 'auto' is 'layers'
 
 
 def test_sharded_scores_equal_unsharded_bitwise_and_the_looped_oracle(problem):
@@ -92,7 +92,7 @@ def test_sharded_cnn_scores_equal_unsharded_bitwise_float32():
     pt = PretrainObjective(model, Split(x, y, torch.arange(22)), 0.01)
     w, u, _ = model.init_params(0, torch.float32, torch.device("cpu"))
     params = torch.cat([w, u])
-    s = torch.randn(params.numel(), 6, generator=gen)  # 6 columns: 'auto' is 'layers'
+    s = torch.randn(params.numel(), 17, generator=gen)  # 17 columns: 'auto' is 'layers'
     full = upweight_influence(pt, params, s, batch_size=4)
     torch.testing.assert_close(full, looped_upweight(pt, params, s), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(upweight_influence(pt, params, s, batch_size=4, method="vmap"), full, rtol=1e-4, atol=1e-5)

@@ -116,9 +116,10 @@ def shard_rows(n: int, batch_size: int, shards: int, shard: int) -> slice:
 
 
 DOT_METHODS = ("auto", "jvp", "layers", "vmap")
-# Measured on the scale CNN (bench-scale, 2,000 examples): one JVP per test column costs ~0.75 epochs, the
-# per-layer per-example gradients ~7 epochs plus ~0.13 per column: forward mode wins for a few columns only.
-JVP_MAX_COLUMNS = 4
+# Measured on the scale CNN (bench-scale, 2,000 examples, a loaded machine): one JVP per test column costs
+# 0.25-0.6 epochs, the per-layer per-example gradients 7-10 epochs plus ~0.13 per column: forward mode wins
+# up to some 12-28 columns.
+JVP_MAX_COLUMNS = 16
 
 
 def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Tensor, batch_size: int = 256,

@@ -7,6 +7,8 @@ import torch
 from msif.validation import (
     batches,
     bootstrap_interval,
+    bootstrap_lds,
+    bootstrap_pearson,
     correlations,
     lds,
     lds_predictions,
@@ -101,3 +103,20 @@ def test_lds_leaves_out_a_diverged_subset_of_that_test_only():
     act[3, 0] = np.nan  # subset 3 diverged: test 0's correlation uses the other 19 subsets
     mean, per_test = lds(pred, act)
     assert per_test == pytest.approx([1.0, 1.0]) and mean == pytest.approx(1.0)
+
+
+def test_vectorised_bootstraps_equal_the_generic_one():
+    """bootstrap_pearson / bootstrap_lds draw the same resamples as bootstrap_interval and give the same interval
+    (ties from resampling included), and fall back to it where a flagged NaN row is present."""
+    rng = np.random.default_rng(3)
+    pred = rng.normal(size=40)
+    act = pred + rng.normal(size=40)
+    generic = bootstrap_interval(lambda idx: correlations(pred[idx], act[idx])["pearson"], 40, 300, 7)
+    assert bootstrap_pearson(pred, act, 300, 7) == pytest.approx(generic, abs=1e-12)
+    p = rng.normal(size=(25, 4))
+    a = p + rng.normal(size=(25, 4))
+    generic = bootstrap_interval(lambda idx: lds(p[idx], a[idx])[0], 25, 300, 7)
+    assert bootstrap_lds(p, a, 300, 7) == pytest.approx(generic, abs=1e-12)
+    a[2, 1] = np.nan
+    generic = bootstrap_interval(lambda idx: lds(p[idx], a[idx])[0], 25, 300, 7)
+    assert bootstrap_lds(p, a, 300, 7) == pytest.approx(generic, abs=1e-12)

@@ -410,7 +410,7 @@ def run_compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_path
     the LDS, and the noise floor per scenario."""
     import pandas as pd
 
-    from msif.validation import bootstrap_interval, correlations, lds, lds_predictions, predicted_effects
+    from msif.validation import bootstrap_lds, bootstrap_pearson, correlations, lds, lds_predictions, predicted_effects
 
     v = config["validation"]
     n_boot, seed = v["bootstrap"], config["seed"]
@@ -434,15 +434,14 @@ def run_compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_path
                 "predicted": pred, "actual": actual_sets, "method": method, "seed": seed,
             }))
             c = correlations(pred, actual_sets)
-            lo, hi = bootstrap_interval(lambda idx, p=pred, a=actual_sets: correlations(p[idx], a[idx])["pearson"], len(pred), n_boot, seed)
+            lo, hi = bootstrap_pearson(pred, actual_sets, n_boot, seed)
             row = {"scenario": scenario, "solver": solver, "pearson": c["pearson"], "spearman": c["spearman"], "n_sets": len(sets),
                    "noise_floor": floors["warm"], "noise_floor_seed": floors["seed"], "method": method, "seed": seed, "lds": float("nan"), "pearson_lo": lo, "pearson_hi": hi,
                    "lds_lo": float("nan"), "lds_hi": float("nan"), "slope": c["slope"]}
             if lds_actual is not None:
                 lds_pred = lds_predictions(scores, subsets)
                 row["lds"], _ = lds(lds_pred, lds_actual)
-                row["lds_lo"], row["lds_hi"] = bootstrap_interval(lambda idx, p=lds_pred, a=lds_actual: lds(p[idx], a[idx])[0],
-                                                                  len(subsets), n_boot, seed)
+                row["lds_lo"], row["lds_hi"] = bootstrap_lds(lds_pred, lds_actual, n_boot, seed)
                 lds_frames.append(pd.DataFrame({
                     "scenario": scenario, "method": method,
                     "subset_id": np.repeat(np.arange(len(subsets)), lds_pred.shape[1]),

@@ -8,6 +8,8 @@ actual effect comes from retraining both stages without S.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -97,6 +99,54 @@ def lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.nanmean(per_test)), per_test
 
 
+def _quantiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair (along the last axis); NaN where a row is constant."""
+    x = x - x.mean(-1, keepdims=True)
+    y = y - y.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(-1) / np.sqrt((x * x).sum(-1) * (y * y).sum(-1))
+
+
+def bootstrap_pearson(predicted: np.ndarray, actual: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """:func:`bootstrap_interval` of the Pearson correlation, all resamples at once (the same resamples and interval)."""
+    predicted, actual = np.asarray(predicted, float), np.asarray(actual, float)
+    if not (np.isfinite(predicted).all() and np.isfinite(actual).all()):  # flagged NaN rows: the per-resample filter
+        return bootstrap_interval(lambda idx: correlations(predicted[idx], actual[idx])["pearson"], len(predicted), n_boot, seed, level)
+    idx = _resamples(len(predicted), n_boot, seed)
+    r = _rowwise_pearson(predicted[idx], actual[idx])
+    return _quantiles(np.where(idx.shape[1] >= 3, r, np.nan), level)
+
+
+def bootstrap_lds(predicted: np.ndarray, actual: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """:func:`bootstrap_interval` of :func:`lds` over resampled subsets (rows), all resamples at once."""
+    from scipy import stats
+
+    predicted, actual = np.asarray(predicted, float), np.asarray(actual, float)
+    if not (np.isfinite(predicted).all() and np.isfinite(actual).all()):
+        return bootstrap_interval(lambda idx: lds(predicted[idx], actual[idx])[0], len(predicted), n_boot, seed, level)
+    idx = _resamples(len(predicted), n_boot, seed)  # (B, n_subsets)
+    rp = stats.rankdata(predicted[idx], axis=1)  # (B, n_subsets, n_test): Spearman = Pearson of ranks
+    ra = stats.rankdata(actual[idx], axis=1)
+    per_test = _rowwise_pearson(np.moveaxis(rp, 1, -1), np.moveaxis(ra, 1, -1))  # (B, n_test)
+    with warnings.catch_warnings():  # a resample where every test is constant: mean of nothing is NaN, dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _quantiles(np.nanmean(per_test, axis=1), level)
+
+
+def _resamples(n_items: int, n_boot: int, seed: int) -> np.ndarray:
+    """The index draws of :func:`bootstrap_interval`, as one (n_boot, n_items) array."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, n_items, n_items) for _ in range(n_boot)])
+
+
 def bootstrap_interval(stat, n_items: int, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat(indices)`` over items resampled with replacement."""
     rng = np.random.default_rng(seed)
@@ -123,7 +173,7 @@ def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
         sel = (lko.scenario == scenario) & (lko.method == method) & (lko.solver == solver)
         pred, act = lko.loc[sel, "predicted"].to_numpy(), lko.loc[sel, "actual"].to_numpy()
         c = correlations(pred, act)
-        lo, hi = bootstrap_interval(lambda idx, p=pred, a=act: correlations(p[idx], a[idx])["pearson"], len(pred), n_boot, seed)
+        lo, hi = bootstrap_pearson(pred, act, n_boot, seed)
         row = {**{k: v for k, v in zip(keys, (scenario, method, solver), strict=True)}, "seed": "all",
                "pearson": c["pearson"], "spearman": c["spearman"], "slope": c["slope"], "pearson_lo": lo, "pearson_hi": hi,
                "n_sets": int(sel.sum()), "lds": float("nan"), "lds_lo": float("nan"), "lds_hi": float("nan")}

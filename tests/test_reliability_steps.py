@@ -299,7 +299,9 @@ def test_temporary_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path
 
 WRITE_CALLS = {"save", "write_text", "write_bytes", "to_csv", "to_parquet", "dump", "savefig", "to_html", "to_json", "imwrite"}
 # Modules that are not part of the workflow (their files are not workflow outputs), with the reason.
-NOT_WORKFLOW = {"bench.py": "the solver benchmark CLI (python -m msif.bench, make bench) writes its own tables"}
+NOT_WORKFLOW = {"bench.py": "the solver benchmark CLI (python -m msif.bench, make bench) writes its own tables",
+                "bench_scale.py": "the scale benchmark CLI (make bench-scale) writes its own tables",
+                "bench_peers.py": "the peers benchmark CLI (make bench-peers) writes its own tables"}
 
 
 def test_only_msif_io_writes_files():
@@ -365,7 +367,7 @@ def test_second_run_is_bitwise_identical_to_the_workflow_run(tiny_steps, tiny_ru
         assert a.keys() == b.keys()
         for k in a:
             assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{mine.name}[{k}] differs"
-    shutil.copytree(p["data"].parents[1], tmp_path / "results" / TINY["run"])
+    shutil.copytree(p["data"].parents[1], tmp_path / "results" / TINY["run"] / f"seed{TINY['seed']}")
     q = inprocess.run_validation(TINY, tmp_path, scenarios=["updated"], set_ids=["t1-top-k5", "t0-random-k2"])
     mine = pd.read_csv(q["retrain"]("updated", 0)).set_index("set_id")["actual"]
     theirs = pd.concat(pd.read_csv(f) for f in sorted(wf["retrain"]("updated", 0).parent.glob("*.csv"))).set_index("set_id")["actual"]

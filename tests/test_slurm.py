@@ -413,7 +413,7 @@ TINY_CONFIG = ".test/config/config.yaml"
 TINY_RESULTS = "results/tiny"  # its `run: tiny`
 # Compared with the local (non-SLURM) run of the same config, bit for bit: on CPU every job is deterministic (the
 # same code, data, seeds and threads), so where a job runs must not change a single bit of what it writes.
-SAME_AS_LOCAL = ("validation/leave_k_out.csv", "validation/summary.csv", "influence/*/*/scores.pt")
+SAME_AS_LOCAL = ("validation/leave_k_out.csv", "validation/summary.csv", "seed*/influence/*/*/scores.pt")
 
 
 @dataclass(frozen=True)

@@ -145,21 +145,28 @@ def _offsets(block) -> dict[str, tuple[int, tuple]]:
     return out
 
 
+def _hooked_outputs(stage: Stage, params: torch.Tensor, layers: list[Layer], idx: torch.Tensor):
+    """The stage's outputs ``z`` for the examples ``idx`` (with a graph to ``params``) and, per layer, every call's
+    (input, output) recorded by forward hooks (a layer used twice has two calls)."""
+    calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(layers))}
+    hooks = [layer.module.register_forward_hook(lambda _m, inp, out, i=i, calls=calls: calls[i].append((inp[0].detach(), out)))
+             for i, layer in enumerate(layers)]
+    try:
+        with torch.enable_grad():
+            p = params.detach().requires_grad_(True)
+            z = stage.outputs(p, stage.x[idx])
+    finally:
+        for h in hooks:
+            h.remove()
+    return z, calls
+
+
 def _layer_statistics(stage: Stage, params: torch.Tensor, layers: list[Layer], batch_size: int, visit) -> None:
     """For every batch: one forward with hooks on the layers, then one backward per output-Hessian column k;
     ``visit(layer, a (n, L, d), g (n, L, out), w (n,))`` for every layer, call and k."""
     for start in range(0, stage.n, batch_size):
         idx = torch.arange(start, min(start + batch_size, stage.n), device=stage.x.device)
-        calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(layers))}
-        hooks = [layer.module.register_forward_hook(lambda _m, inp, out, i=i, calls=calls: calls[i].append((inp[0].detach(), out)))
-                 for i, layer in enumerate(layers)]
-        try:
-            with torch.enable_grad():
-                p = params.detach().requires_grad_(True)
-                z = stage.outputs(p, stage.x[idx])
-        finally:
-            for h in hooks:
-                h.remove()
+        z, calls = _hooked_outputs(stage, params, layers, idx)
         factors = stage.output_hessian_factors(z, stage.y[idx])  # (n, C, C)
         w = stage.example_weights(idx)
         flat = [(i, a, s) for i, c in calls.items() for a, s in c]
@@ -182,17 +189,9 @@ def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s:
     per-example gradient ``G_i = Σ_l g_il a_ilᵀ`` (out, d) and its products with the columns of ``s`` as
     (out, d) matrices. No vmap over examples; shape (t, len(idx)).
     """
-    calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(layers))}
-    hooks = [layer.module.register_forward_hook(lambda _m, inp, out, i=i, calls=calls: calls[i].append((inp[0].detach(), out)))
-             for i, layer in enumerate(layers)]
-    try:
-        with torch.enable_grad():
-            p = params.detach().requires_grad_(True)
-            z = stage.outputs(p, stage.x[idx])
-            losses = stage.loss(z, stage.y[idx])
-    finally:
-        for h in hooks:
-            h.remove()
+    z, calls = _hooked_outputs(stage, params, layers, idx)
+    with torch.enable_grad():
+        losses = stage.loss(z, stage.y[idx])
     flat = [(i, a, out) for i, c in calls.items() for a, out in c]
     grads = torch.autograd.grad(losses.sum(), [out for _, _, out in flat], allow_unused=True)
     dots = torch.zeros(s.shape[1], len(idx), dtype=s.dtype, device=s.device)

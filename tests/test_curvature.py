@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import hessian
 
-from msif.curvature import Eigh, cg, dense_matrix, exact_solve, hvp, lanczos_extremes, solve
+from msif.curvature import Eigh, block_cg, cg, dense_matrix, exact_solve, hvp, lanczos_extremes, solve
 from oracles import tiny_problem
 
 
@@ -34,6 +34,45 @@ def test_exact_and_cg_solve_many_right_hand_sides(pretrain_problem, damping):
     sol = cg(hvp(pt, x), b, damping, tol=1e-12, max_iter=500)
     torch.testing.assert_close(sol.x, truth, rtol=1e-6, atol=1e-8)
     assert sol.info["converged"] and sol.residual.max() <= 1e-11
+
+
+@pytest.mark.parametrize("damping", [0.0, 1e-2])
+def test_block_cg_equals_the_dense_solve_in_fewer_products(pretrain_problem, damping):
+    """Block CG shares one Krylov space across the columns: the dense answer, with fewer Hessian
+    products than one CG per column (which stop independently at the same tolerance)."""
+    pt, x = pretrain_problem
+    h = hessian(pt)(x) + damping * torch.eye(x.numel(), dtype=x.dtype)
+    b = torch.randn(x.numel(), 8, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+    truth = torch.linalg.solve(h, b)
+    blk = block_cg(hvp(pt, x), b, damping, tol=1e-12, max_iter=500)
+    one = cg(hvp(pt, x), b, damping, tol=1e-12, max_iter=500)
+    torch.testing.assert_close(blk.x, truth, rtol=1e-6, atol=1e-8)
+    assert blk.info["converged"] and blk.residual.max() <= 1e-11
+    assert blk.info["hvps"] < one.info["hvps"] / 2, (blk.info["hvps"], one.info["hvps"])
+
+
+def test_block_cg_survives_dependent_and_zero_columns():
+    """Repeated, zero and tiny columns make the residual block rank deficient: the search block
+    drops those directions instead of breaking down, and every column is still the dense solve."""
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.float64, generator=g))
+    h = q @ torch.diag(torch.logspace(-3, 1, 60, dtype=torch.float64)) @ q.T
+    b = torch.randn(60, 3, dtype=torch.float64, generator=g)
+    b = torch.cat([b, b, 2 * b[:, :1], torch.zeros(60, 1, dtype=torch.float64), 1e-9 * b[:, 1:2]], dim=1)
+    sol = block_cg(lambda v: h @ v, b, 1e-3, tol=1e-12, max_iter=500)
+    torch.testing.assert_close(sol.x, torch.linalg.solve(h + 1e-3 * torch.eye(60, dtype=torch.float64), b), rtol=1e-7, atol=1e-9)
+    assert sol.info["converged"] and sol.info["first_block_width"] == 3 and torch.isfinite(sol.x).all()
+    assert sol.info["hvps"] < cg(lambda v: h @ v, b, 1e-3, tol=1e-12, max_iter=500).info["hvps"] / 2
+
+
+def test_block_cg_flags_negative_curvature_and_solve_dispatches_it():
+    h = torch.diag(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    sol = block_cg(lambda v: h @ v, torch.eye(3, dtype=torch.float64)[:, :2], tol=1e-12, max_iter=50)
+    assert sol.info["negative_curvature"] and not sol.info["converged"]
+    spd = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    b = torch.ones(3, 2, dtype=torch.float64)
+    assert solve("cg", lambda v: spd @ v, b, 0.0, {}, lanczos_iters=0).info["block"]
+    assert "block" not in solve("cg", lambda v: spd @ v, b, 0.0, {"block": False}, lanczos_iters=0).info
 
 
 def test_cg_reports_non_convergence(pretrain_problem):

@@ -20,6 +20,7 @@ from torch.func import functional_call, hessian, jacrev
 
 from msif.curvature import (
     ArnoldiOptions,
+    CGOptions,
     EKFACOptions,
     LissaOptions,
     NonFiniteError,
@@ -279,7 +280,7 @@ def test_schema_defaults_equal_the_option_defaults():
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     influence = schema["properties"]["influence"]["properties"]
-    for name, cls in (("lissa", LissaOptions), ("arnoldi", ArnoldiOptions), ("ekfac", EKFACOptions)):
+    for name, cls in (("cg", CGOptions), ("lissa", LissaOptions), ("arnoldi", ArnoldiOptions), ("ekfac", EKFACOptions)):
         keys = influence[name]["properties"]
         assert {k: v["default"] for k, v in keys.items()} == {k: getattr(cls(), k) for k in keys}, name
         assert all(v.get("description") for v in keys.values())

@@ -172,10 +172,16 @@ class Setup:
             r = multi_stage_influence(self.pt, self.pt_params, self.ft[problem], self.ft_params[problem], self.exp.test, "exact",
                                       self.s.damping)
             return r.scores, "exact, both stages"
-        sol = stage_solve(self.pt, self.pt_params, rhs, method, self.s.damping, self.msif_options())
-        if method == "cg":
-            self.s.cg_iters[problem] = int(sol.info.get("iterations", sol.info.get("hvps", self.s.cg_max_iter)))
+        options = self.msif_options()
+        if method == "cg_columns":  # one CG per column: the iteration count dattri's CG gets, and block CG's yardstick
+            options["cg"]["block"] = False
+        sol = stage_solve(self.pt, self.pt_params, rhs, "cg" if method == "cg_columns" else method, self.s.damping, options)
         note = f"residual {float(sol.residual.max()):.1e}"
+        if method == "cg_columns":
+            self.s.cg_iters[problem] = int(sol.info["iterations"])
+        if method in ("cg", "cg_columns"):
+            kind = "block CG" if sol.info.get("block") else "one CG per column"
+            note += f", {kind}: {sol.info['iterations']} iterations, {sol.info['hvps']} Hessian products"
         return removal_effect(upweight_influence(self.pt, self.pt_params, sol.x), self.pt.n), note
 
 
@@ -280,7 +286,7 @@ def dattri_run(pb: PeerProblem, s: Settings, method: str, tmp: Path):
     elif method == "cg":
         iters = s.cg_iters.get(pb.name, s.cg_max_iter)
         att = dif.IFAttributorCG(task, device="cpu", regularization=reg, max_iter=iters, tol=s.cg_tol)
-        note += f", max_iter {iters} = msif CG's iterations (dattri's CG has no stopping rule)"
+        note += f", max_iter {iters} = the iterations of msif's one-CG-per-column (dattri's CG has no stopping rule)"
     elif method == "lissa":
         att = dif.IFAttributorLiSSA(task, device="cpu", batch_size=s.lissa_batch, recursion_depth=s.lissa_depth, damping=reg,
                                     scaling=s.lissa_scale)
@@ -508,7 +514,8 @@ def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES
         tmp = Path(tmp_dir)
         for problem in problems:
             exact = None  # msif's exact scores: the first job of every problem, the reference of the others
-            jobs = [("msif", "exact")] + [("msif", m) for m in ("cg", "lissa", "arnoldi", "ekfac", "tracin") if m in methods]
+            wanted = [*methods, "cg_columns"] if "cg" in methods else methods
+            jobs = [("msif", "exact")] + [("msif", m) for m in ("cg", "cg_columns", "lissa", "arnoldi", "ekfac", "tracin") if m in wanted]
             if problem != "pretrain":
                 jobs.append(("msif", "multi_stage"))
             jobs += [(lib, m) for lib in libraries if lib != "msif" for m in PEERS[lib][1] if m in methods]

@@ -471,34 +471,16 @@ def assert_same_results(reference: Path, results: Path, patterns: Sequence[str] 
     return compared
 
 
-def _tiny_case(tmp_path: Path) -> dict:
-    from conftest import copy_workflow as copy_repo_workflow  # Snakefile, workflow/, config/, .test/
-
-    copy_repo_workflow(tmp_path)
-    return {
-        "snakefile": tmp_path / "Snakefile",
-        "configfile": tmp_path / TINY_CONFIG,
-        "extra_args": [],
-        "timeout_s": 1500,
-        "outputs": [f"{TINY_RESULTS}/{f}" for f in ("validation/leave_k_out.csv", "validation/summary.csv", "report.html")],
-        "reference": "local_tiny_run",  # a LocalRun fixture: rules, job counts and results must match it
-        "grouped": ("retrain",),  # its jobs (count from the reference) in one SLURM job
-    }
-
-
-CASES = {"toy": _toy_case, "toy-gpu": _toy_gpu_case, "tiny": _tiny_case}
-CASE_MARKS = {"tiny": [pytest.mark.workflow]}  # the real workflow: minutes, like the other workflow tests
+# The real workflow (tiny config) through SLURM is test_killed_slurm_run_resumes: its killed and resumed runs
+# together are one complete run, checked job by job and bit by bit against the local run (one SLURM run, not two).
+CASES = {"toy": _toy_case, "toy-gpu": _toy_gpu_case}
+CASE_MARKS: dict[str, list] = {}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=CASE_MARKS.get(c, ())) for c in sorted(CASES)])
-def test_workflow_runs_through_sbatch(case: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_workflow_runs_through_sbatch(case: str, tmp_path: Path) -> None:
     require_slurm()
     spec = CASES[case](tmp_path)
-    reference: LocalRun | None = None
-    if spec.get("reference"):
-        reference = request.getfixturevalue(spec["reference"])
-        spec["rules"] = set(reference.jobs)
-        spec["grouped"] = {rule: reference.jobs[rule] for rule in spec["grouped"]}
 
     start = time.monotonic()
     proc, job_ids = run_workflow_via_slurm(
@@ -509,9 +491,9 @@ def test_workflow_runs_through_sbatch(case: str, tmp_path: Path, request: pytest
         timeout_s=spec["timeout_s"],
         profile=spec.get("profile", SLURM_PROFILE),
     )
-    seconds = time.monotonic() - start
     report = _failure_report(proc, tmp_path)
     assert proc.returncode == 0, report
+    print(f"{case}: {len(job_ids)} SLURM jobs, {time.monotonic() - start:.0f} s")
 
     # every output exists
     missing = [o for o in spec["outputs"] if not (tmp_path / o).is_file()]
@@ -551,13 +533,6 @@ def test_workflow_runs_through_sbatch(case: str, tmp_path: Path, request: pytest
         ctld = SLURMCTLD_LOG.read_text(errors="replace")
         unseen = [j for j in job_ids if not re.search(rf"_slurm_rpc_submit_batch_job: JobId={j}\b", ctld)]
         assert not unseen, f"slurmctld.log has no batch submission for SLURM jobs {unseen}"
-
-    if reference is not None:
-        # exactly the local run's jobs, each executed inside a SLURM job, none twice
-        assert slurm_job_counts_by_rule(tmp_path) == reference.jobs, f"jobs run in SLURM vs locally\n{report}"
-        compared = assert_same_results(reference.workdir / TINY_RESULTS, tmp_path / TINY_RESULTS)
-        print(f"{case}: {sum(reference.jobs.values())} jobs in {len(job_ids)} SLURM jobs, {seconds:.0f} s; "
-              f"bitwise equal to the local run: {', '.join(compared)}")  # fmt: skip
 
 
 # a retraining job (alone, or bundled in a group job) has just been handed to sbatch
@@ -630,8 +605,15 @@ def test_killed_slurm_run_resumes(tmp_path: Path, local_tiny_run: LocalRun) -> N
     assert not touched, f"outputs of finished jobs rewritten by the resumed run: {touched}"
     assert {j.outputs for j in cut_off} <= {j.outputs for j in redone}, f"cut-off retraining not redone\n{report}"
 
-    # 3. every job of the local run ran exactly once to the end, and the results are the local run's
+    # 3. every job of the local run ran exactly once to the end, each inside a SLURM job, and the results are the
+    # local run's
     assert Counter(j.rule for j in finished) + Counter(j.rule for j in redone) == local_tiny_run.jobs
+    by_rule = slurm_jobs_by_rule(tmp_path)  # both runs' SLURM logs
+    not_via_slurm = sorted(local_tiny_run.jobs.keys() - by_rule.keys())
+    assert not not_via_slurm, f"rules without a SLURM job log: {not_via_slurm} (have {by_rule})\n{report}"
+    # the profile's group bundles the redone retraining jobs into one SLURM job
+    regrouped = by_rule["retrain"] & submitted
+    assert len(regrouped) == 1, f"retraining redone in SLURM jobs {sorted(regrouped)}, expected one group job\n{report}"
     compared = assert_same_results(local_tiny_run.workdir / TINY_RESULTS, results)
     print(
         f"killed after {killed_s:.0f} s, {len(finished)} jobs finished, retraining cut off ({trigger}); "

@@ -4,7 +4,8 @@ Not a test: it writes ``results/bench/peers.csv``, ``peers.png`` and ``peers.jso
 part of msif's install: ``make bench-peers`` builds ``.venv-peers`` (``envs/requirements-peers.txt``);
 they are imported inside the functions that use them, so this module imports without them.
 
-Problems (one config, trained once with msif, float64):
+Problems (one config, trained once with msif; the default config in float64; ``--config config/scale.yaml
+--reference cg --dtype float64 --problems pretrain`` is the CNN's row, against a tight CG where no dense Hessian fits):
 
 - ``pretrain``: the single-stage problem every library can express — influence of the pretraining
   examples on pretraining **test** losses (the ``pretrain_test`` split) through the pretraining Hessian;
@@ -508,8 +509,12 @@ def _scale(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES, methods=METHODS, results: Path | None = None,
-        partial: Path | None = None) -> list[dict]:
-    """Every (library, method) on every problem, measured one after another; rows so far go to ``partial`` after each."""
+        partial: Path | None = None, reference: str = "exact") -> list[dict]:
+    """Every (library, method) on every problem, measured one after another; rows so far go to ``partial`` after each.
+
+    ``reference``: msif's solver whose scores every row is compared with (``exact``; ``cg`` to ``settings.cg_tol``
+    where no dense Hessian fits, e.g. the scale config's CNN — then there is no exact GGN column either).
+    """
     setup = Setup(config, settings)
     actuals = None
     if results is not None and any(p != "pretrain" for p in problems):
@@ -520,9 +525,10 @@ def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES
         tmp = Path(tmp_dir)
         for problem in problems:
             exact = None  # msif's exact scores: the first job of every problem, the reference of the others
-            ggn = setup.exact_ggn(problem) if "ekfac" in methods else None  # the reference of what EK-FAC approximates
+            ggn = setup.exact_ggn(problem) if "ekfac" in methods and reference == "exact" else None  # what EK-FAC approximates
             wanted = [*methods, "cg_columns"] if "cg" in methods else methods
-            jobs = [("msif", "exact")] + [("msif", m) for m in ("cg", "cg_columns", "lissa", "arnoldi", "ekfac", "tracin") if m in wanted]
+            jobs = [("msif", reference)] + [("msif", m) for m in ("exact", "cg", "cg_columns", "lissa", "arnoldi", "ekfac", "tracin")
+                                            if m in wanted and m != reference]
             if problem != "pretrain":
                 jobs.append(("msif", "multi_stage"))
             jobs += [(lib, m) for lib in libraries if lib != "msif" for m in PEERS[lib][1] if m in methods]
@@ -644,11 +650,13 @@ def _fmt(x, digits=3):
     return str(x)
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """The README tables: agreement and cost on the single-stage problem, then the multi-stage validation."""
+def markdown(df: pd.DataFrame, reference: str = "exact") -> str:
+    """The README tables: agreement and cost on the single-stage problem, then the multi-stage validation.
+    ``reference``: the solver the agreement columns compare with (``exact``, or ``cg`` for a tight CG)."""
     if "pearson_vs_ggn" not in df:
         df = df.assign(pearson_vs_ggn=math.nan)
-    lines = ["| method | library | Pearson vs exact | Spearman vs exact | Pearson vs exact GGN | scale | wall [s] | peak [MiB] | damping passed | notes |",
+    ref = "exact" if reference == "exact" else f"msif {reference} (reference)"
+    lines = [f"| method | library | Pearson vs {ref} | Spearman vs {ref} | Pearson vs exact GGN | scale | wall [s] | peak [MiB] | damping passed | notes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in df[df.problem == "pretrain"].itertuples():
         lines.append(f"| {r.method} | {r.library} | {_fmt(r.pearson_vs_exact, 5)} | {_fmt(r.spearman_vs_exact, 4)} | {_fmt(r.pearson_vs_ggn, 5)} | "
@@ -702,6 +710,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-query", type=int, default=Settings.n_query, help="pretraining test examples in the single-stage problem")
     p.add_argument("--seed", type=int, default=None, help="which of the config's seeds (default: the first)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reference", default="exact", choices=("exact", "cg"), help="msif's solver every row is compared with "
+                   "(cg where no dense Hessian fits)")
+    p.add_argument("--dtype", default=None, choices=("float64", "float32"), help="override the config's dtype (float64 lets CG "
+                   "reach the reference's tolerance)")
     p.add_argument("--markdown", action="store_true", help="print the README tables from <out>/peers.csv and exit")
     p.add_argument("--targets", action="store_true", help="print the workflow outputs the validation problems read, and exit")
     args = p.parse_args(argv)
@@ -712,7 +724,8 @@ def main(argv: list[str] | None = None) -> None:
         print(" ".join(str(base / "validation" / f"{t}.csv") for t in ("leave_k_out", "lds")))
         return
     if args.markdown:
-        print(markdown(pd.read_csv(out / "peers.csv", keep_default_na=True).fillna({"notes": ""})), end="")
+        meta = json.loads((out / "peers.json").read_text()) if (out / "peers.json").exists() else {}
+        print(markdown(pd.read_csv(out / "peers.csv", keep_default_na=True).fillna({"notes": ""}), meta.get("reference", "exact")), end="")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for lib in args.libraries:
@@ -720,6 +733,8 @@ def main(argv: list[str] | None = None) -> None:
             require(lib)
     torch.set_num_threads(args.threads)
     config = one_seed(yaml.safe_load(Path(args.config).read_text()), args.seed)
+    if args.dtype:
+        config["dtype"] = args.dtype
     settings = Settings(damping=args.damping, n_query=args.n_query)
     results = Path(args.results) if args.results else default_results(config)
     if any(pr != "pretrain" for pr in args.problems) and not (results / "validation" / "leave_k_out.csv").exists():
@@ -727,7 +742,8 @@ def main(argv: list[str] | None = None) -> None:
                          "--results, or --problems pretrain")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(run(config, settings, args.problems, args.libraries, args.methods, results, out / "peers.partial.csv"), columns=COLUMNS)
+    df = pd.DataFrame(run(config, settings, args.problems, args.libraries, args.methods, results, out / "peers.partial.csv",
+                          reference=args.reference), columns=COLUMNS)
     io.write_text(str(out / "peers.csv"), df.to_csv(index=False))
     figure(df, out / "peers.png")
     versions = {}
@@ -738,10 +754,11 @@ def main(argv: list[str] | None = None) -> None:
             versions[lib] = version({"pydvl": "pyDVL"}.get(lib, lib))
         except Exception:
             versions[lib] = None
-    meta = {"config": args.config, "results": str(results), "settings": asdict(settings), "versions": versions, "threads": args.threads,
+    meta = {"config": args.config, "reference": args.reference, "dtype": config.get("dtype"), "results": str(results),
+            "settings": asdict(settings), "versions": versions, "threads": args.threads,
             "machine": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(), "seconds": time.perf_counter() - t0}
     io.write_text(str(out / "peers.json"), json.dumps(meta, indent=2, default=str))
-    print(markdown(df.fillna({"notes": ""})), end="")
+    print(markdown(df.fillna({"notes": ""}), args.reference), end="")
 
 
 if __name__ == "__main__":

@@ -75,13 +75,14 @@ PEERS_ARGS ?=
 PEERS_CONFIG ?= config/config.yaml
 .PHONY: bench-peers peers-setup
 
-$(PEERS_VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements-peers.txt envs/requirements-peers-nodeps.txt envs/constraints.txt
+$(PEERS_VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements-data.txt envs/requirements-peers.txt envs/requirements-peers-nodeps.txt envs/constraints.txt
 	$(PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PEERS_PY) -m pip install --quiet -r envs/requirements.txt -r envs/requirements-dev.txt -c envs/constraints.txt
 	$(PEERS_PY) -m pip install --quiet --no-deps -e .
 	$(PEERS_PY) -m pip install --quiet -r envs/requirements-peers.txt -c envs/constraints.txt
 	$(PEERS_PY) -m pip install --quiet --no-deps -r envs/requirements-peers-nodeps.txt
+	$(PEERS_PY) -m pip install --quiet --no-deps -r envs/requirements-data.txt
 	$(PEERS_PY) -c "import torch, numpy, captum.influence, dattri, trak, pydvl.influence.torch, kronfluence; print('peers ok | torch', torch.__version__, '| numpy', numpy.__version__)"
 	touch $@
 
@@ -91,6 +92,18 @@ bench-peers: setup peers-setup
 	$(SNAKEMAKE) $$($(PY) -m msif.bench_peers --config $(PEERS_CONFIG) --targets) --profile $(PROFILE) --configfile $(PEERS_CONFIG)
 	nice -n 10 $(PEERS_PY) -m msif.bench_peers --config $(PEERS_CONFIG) --out results/bench $(PEERS_ARGS)
 	$(PEERS_PY) -m msif.bench_peers --markdown --out results/bench > results/bench/peers.md
+
+# The same single-stage problem on the scale config's CNN (p = 102,042: no dense Hessian; the reference is a
+# float64 CG to 1e-6): results/bench/peers-cnn/peers.{csv,png,md}. dattri is left out: its CG was killed by
+# the OOM killer at 24 GB on this model (2026-11-27), like captum's Arnoldi.
+.PHONY: bench-peers-cnn
+bench-peers-cnn: setup peers-setup data-apt
+	nice -n 10 $(PEERS_PY) -m msif.bench_peers --config config/scale.yaml --reference cg --dtype float64 --problems pretrain \
+	  --methods cg arnoldi ekfac tracin --n-query 5 --cg-tol 1e-6 --threads 2 --out results/bench/peers-cnn \
+	  --libraries msif captum pydvl kronfluence \
+	  --skip "captum:arnoldi=killed by the OOM killer at 24 GB of resident memory (2026-11-27, this machine)" \
+	  "msif:cg_columns=the yardstick of block CG, measured apart (it sets only dattri's iterations, and dattri is left out)"
+	$(PEERS_PY) -m msif.bench_peers --markdown --out results/bench/peers-cnn > results/bench/peers-cnn/peers.md
 
 # Paper mode: the multi-stage paper's image protocol on Fashion-MNIST (two classes) and MNIST (four classes),
 # both scenarios, several alpha, three seeds: results/paper*/tables/ and report.html. Long: hours on 2 cores.

@@ -509,12 +509,14 @@ def _scale(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES, methods=METHODS, results: Path | None = None,
-        partial: Path | None = None, reference: str = "exact") -> list[dict]:
+        partial: Path | None = None, reference: str = "exact", skip: dict[str, str] | None = None) -> list[dict]:
     """Every (library, method) on every problem, measured one after another; rows so far go to ``partial`` after each.
 
     ``reference``: msif's solver whose scores every row is compared with (``exact``; ``cg`` to ``settings.cg_tol``
     where no dense Hessian fits, e.g. the scale config's CNN — then there is no exact GGN column either).
+    ``skip``: ``{"library:method": why}``, rows written with the reason instead of being run.
     """
+    skip = skip or {}
     setup = Setup(config, settings)
     actuals = None
     if results is not None and any(p != "pretrain" for p in problems):
@@ -534,6 +536,10 @@ def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES
             jobs += [(lib, m) for lib in libraries if lib != "msif" for m in PEERS[lib][1] if m in methods]
             for library, method in jobs:
                 row = {"config": config.get("run"), "problem": problem, "method": method, "library": library, "damping": math.nan, "notes": ""}
+                if f"{library}:{method}" in skip:  # e.g. a peer that the OOM killer stops (not an exception: it would end the run)
+                    row["notes"] = f"not run: {skip[f'{library}:{method}']}"
+                    rows.append(row)
+                    continue
                 try:
                     with measured() as meas:
                         if library == "msif":
@@ -710,10 +716,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-query", type=int, default=Settings.n_query, help="pretraining test examples in the single-stage problem")
     p.add_argument("--seed", type=int, default=None, help="which of the config's seeds (default: the first)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cg-tol", type=float, default=Settings.cg_tol, help="relative residual of every library's CG (and of a CG reference)")
     p.add_argument("--reference", default="exact", choices=("exact", "cg"), help="msif's solver every row is compared with "
                    "(cg where no dense Hessian fits)")
     p.add_argument("--dtype", default=None, choices=("float64", "float32"), help="override the config's dtype (float64 lets CG "
                    "reach the reference's tolerance)")
+    p.add_argument("--skip", nargs="+", default=[], metavar="LIBRARY:METHOD=WHY",
+                   help="rows not to run, with the reason written in their notes (e.g. a peer the OOM killer stops)")
     p.add_argument("--markdown", action="store_true", help="print the README tables from <out>/peers.csv and exit")
     p.add_argument("--targets", action="store_true", help="print the workflow outputs the validation problems read, and exit")
     args = p.parse_args(argv)
@@ -735,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
     config = one_seed(yaml.safe_load(Path(args.config).read_text()), args.seed)
     if args.dtype:
         config["dtype"] = args.dtype
-    settings = Settings(damping=args.damping, n_query=args.n_query)
+    settings = Settings(damping=args.damping, n_query=args.n_query, cg_tol=args.cg_tol)
     results = Path(args.results) if args.results else default_results(config)
     if any(pr != "pretrain" for pr in args.problems) and not (results / "validation" / "leave_k_out.csv").exists():
         raise SystemExit(f"{results}/validation/leave_k_out.csv is missing: run the workflow for {args.config} first, or pass "
@@ -743,7 +752,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(run(config, settings, args.problems, args.libraries, args.methods, results, out / "peers.partial.csv",
-                          reference=args.reference), columns=COLUMNS)
+                          reference=args.reference, skip=dict(x.split("=", 1) for x in args.skip)), columns=COLUMNS)
     io.write_text(str(out / "peers.csv"), df.to_csv(index=False))
     figure(df, out / "peers.png")
     versions = {}

@@ -305,7 +305,7 @@ def block_cg(matvec: Matvec, b: torch.Tensor, damping: float = 0.0, tol: float =
     x = torch.zeros_like(b2)
     r = b2.clone()
     bnorm = b2.norm(dim=0).clamp_min(torch.finfo(b2.dtype).tiny)
-    p = _orth(r, r.norm(dim=0) / bnorm > tol)
+    p = _orth(r[:, r.norm(dim=0) / bnorm > tol])
     negative, it, widths = False, 0, []
     while it < max_iter and p.shape[1]:
         q = a(p)
@@ -323,16 +323,15 @@ def block_cg(matvec: Matvec, b: torch.Tensor, damping: float = 0.0, tol: float =
         if not bool(active.any()):
             break
         beta = -torch.cholesky_solve(q.T @ r[:, active], chol)
-        p = _orth(r[:, active] + p @ beta, torch.ones(int(active.sum()), dtype=torch.bool, device=r.device))
+        p = _orth(r[:, active] + p @ beta)
     info = {"iterations": it, "hvps": counted.count, "max_iter": max_iter, "negative_curvature": negative, "block": True,
             "first_block_width": widths[0] if widths else 0, "max_block_width": max(widths, default=0)}
     return _finish("cg", matvec, x, b2, squeeze, damping, tol, info, threshold=10 * tol)
 
 
-def _orth(w: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis of the span of the columns ``keep`` of ``w`` (each scaled to norm 1 first),
+def _orth(w: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the span of the columns of ``w`` (each scaled to norm 1 first),
     without the directions whose singular value is below √ε of the largest."""
-    w = w[:, keep]
     if not w.shape[1]:
         return w
     w = w / w.norm(dim=0).clamp_min(torch.finfo(w.dtype).tiny)

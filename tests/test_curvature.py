@@ -65,6 +65,24 @@ def test_block_cg_survives_dependent_and_zero_columns():
     assert sol.info["hvps"] < cg(lambda v: h @ v, b, 1e-3, tol=1e-12, max_iter=500).info["hvps"] / 2
 
 
+def test_block_cg_with_the_exact_inverse_as_preconditioner_stops_after_one_iteration(pretrain_problem):
+    """``M⁻¹ = A⁻¹``: the first search block spans the solutions, so one iteration (one product per column) is exact;
+    a preconditioner that is right only up to a scalar per column (``2·A⁻¹``) changes nothing."""
+    pt, x = pretrain_problem
+    h = hessian(pt)(x) + 1e-2 * torch.eye(x.numel(), dtype=x.dtype)
+    b = torch.randn(x.numel(), 5, dtype=x.dtype, generator=torch.Generator().manual_seed(4))
+    truth = torch.linalg.solve(h, b)
+    for scale in (1.0, 2.0):
+        sol = block_cg(hvp(pt, x), b, 1e-2, tol=1e-10, max_iter=50, precondition=lambda v, c=scale: c * torch.linalg.solve(h, v))
+        assert sol.info["iterations"] == 1 and sol.info["hvps"] == 5 and sol.info["preconditioned"] and sol.info["solver"] == "pcg"
+        torch.testing.assert_close(sol.x, truth, rtol=1e-8, atol=1e-10)
+    # a poor but SPD preconditioner (a diagonal) still converges to the dense answer
+    diag = h.diagonal()
+    sol = block_cg(hvp(pt, x), b, 1e-2, tol=1e-12, max_iter=500, precondition=lambda v: v / diag[:, None])
+    torch.testing.assert_close(sol.x, truth, rtol=1e-6, atol=1e-8)
+    assert sol.info["converged"]
+
+
 def test_block_cg_flags_negative_curvature_and_solve_dispatches_it():
     h = torch.diag(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
     sol = block_cg(lambda v: h @ v, torch.eye(3, dtype=torch.float64)[:, :2], tol=1e-12, max_iter=50)
@@ -107,7 +125,7 @@ def test_lanczos_extremes_match_eigvalsh(pretrain_problem):
 
 def test_solve_dispatch_names_allowed_solvers(pretrain_problem):
     pt, x = pretrain_problem
-    with pytest.raises(ValueError, match=r"solver='newton'.*\['exact', 'cg', 'lissa', 'arnoldi', 'ekfac'\]"):
+    with pytest.raises(ValueError, match=r"solver='newton'.*\['exact', 'cg', 'lissa', 'arnoldi', 'ekfac', 'pcg'\]"):
         solve("newton", hvp(pt, x), torch.ones(x.numel(), 1, dtype=x.dtype), 0.0)
     e = Eigh.of(hvp(pt, x), x.numel(), x)
     out = solve("exact", hvp(pt, x), torch.ones(x.numel(), 1, dtype=x.dtype), 0.0, eigh=e)

@@ -136,3 +136,34 @@ def test_removal_effect_of_a_shard_is_its_columns(problem):
     rows = shard_rows(pt.n, 8, 2, 1)
     full = removal_effect(upweight_influence(pt, pt_params, s, 8), pt.n)
     assert torch.equal(removal_effect(upweight_influence(pt, pt_params, s, 8, rows), pt.n), full[:, rows])
+
+
+def test_low_rank_query_is_the_truncated_query_and_exact_at_full_rank():
+    """``query_rank=r``: every layer block of every column of s truncated to rank r by its SVD, then the exact
+    dot products (looped oracle) — computed without per-example gradients; at full rank it is the exact score."""
+    from msif.kfac import LowRankQuery, find_layers
+    from msif.operators import Stage
+
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(13, 1, 28, 28, dtype=torch.float64, generator=gen), torch.randint(0, 3, (13,), generator=gen)
+    model = cnn_model([3], [7], [7], [5], 3, 2)  # conv (3, 50) on 16 positions, Linear (5, 49), head (3, 6)
+    pt = PretrainObjective(model, Split(x, y, torch.arange(13)), 0.01)
+    w, u, _ = model.init_params(0, torch.float64, torch.device("cpu"))
+    params = torch.cat([w, u])
+    s = torch.randn(params.numel(), 4, dtype=torch.float64, generator=gen)
+    layers = find_layers(Stage.of(pt))[0]
+    for rank in (1, 2):
+        truncated = torch.zeros_like(s)
+        for layer in layers:
+            uu, sv, vh = torch.linalg.svd(layer.gather(s), full_matrices=False)
+            layer.scatter(uu[..., :rank] @ torch.diag_embed(sv[:, :rank]) @ vh[:, :rank], truncated)
+        low = upweight_influence(pt, params, s, 5, query_rank=rank)
+        torch.testing.assert_close(low, looped_upweight(pt, params, truncated), rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(low, looped_upweight(pt, params, s), rtol=1e-3), rank  # rank 1-2 is an approximation here
+        assert 0 < LowRankQuery.of(layers, s, rank).kept < 1
+    torch.testing.assert_close(upweight_influence(pt, params, s, 5, query_rank=5), looped_upweight(pt, params, s), rtol=1e-10, atol=1e-12)
+    assert LowRankQuery.of(layers, s, 5).kept == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"query_rank=2 needs method 'layers'"):
+        upweight_influence(pt, params, s, 5, method="vmap", query_rank=2)
+    with pytest.raises(ValueError, match=r"query_rank=0: must be >= 1"):
+        upweight_influence(pt, params, s, 5, query_rank=0)

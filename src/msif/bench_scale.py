@@ -3,7 +3,7 @@
 Not a timed test: it writes tables. On ``config/scale.yaml`` (a CNN, p ≈ 10⁵) there is no exact solve;
 the reference is CG run to a tight tolerance (``--ref-tol``) in both stages, on the config's curvature.
 
-- ``scale_solvers.csv``: for every solver × stage × scenario (``stage=pretrain``: the reference CG in the
+- ``scale_solvers.csv``: for every solver (``pcg@k``, ``cg@k``: stopped after k iterations) × stage × scenario (``stage=pretrain``: the reference CG in the
   finetuning stage, the solver for pretraining; ``both``: the solver in both stages; ``finetune``: the
   solver for finetuning, the reference CG for pretraining), agreement with the reference scores —
   Pearson, Spearman, top-10 overlap (mean over test examples; ``pearson_min`` the worst) — wall time
@@ -15,6 +15,9 @@ the reference is CG run to a tight tolerance (``--ref-tol``) in both stages, on 
   ``warm_unchecked`` (also without the residual checks, one curvature product per test example);
   ``scores_jvp_s``: the dot products ``∇l(z_i)·s`` computed instead by one JVP per test column
   (:func:`msif.influence.upweight_influence_jvp`, up to ``--jvp-max-n`` test examples);
+  ``scores_rank<r>_{s,epochs,pearson,pearson_min}``: the dot products with the low-rank query of rank r
+  (``influence.query_rank``), their time and their agreement with the exact dot products of the same ``s``;
+  ``pretrain_hvps``: curvature products of the pretraining solve (``pcg`` and ``cg``);
 - ``scale_solvers.json``: machine, threads, load average, sizes, the reference's residuals.
 
 Times are wall-clock on a possibly shared machine: compare rows of one run, not runs.
@@ -50,10 +53,19 @@ from msif.training import minimize
 
 log = logging.getLogger("msif.bench_scale")
 
-SOLVERS = ("cg", "ekfac", "lissa", "arnoldi")
+SOLVERS = ("cg", "ekfac", "pcg", "lissa", "arnoldi")
 STAGES = ("finetune", "pretrain", "both")
 COST_SOLVERS = ("cg+ekfac",)
 COST_N_TEST = (1, 10, 100)
+QUERY_RANKS = (8, 32)
+
+
+def solver_spec(spec: str) -> tuple[str, int | None]:
+    """``'pcg@3'`` → (``'pcg'``, 3): an iterative solver stopped after k iterations (its ``max_iter``); ``'cg'`` → (``'cg'``, None)."""
+    name, _, k = spec.partition("@")
+    if name not in SOLVERS or (k and (not k.isdigit() or int(k) < 1 or name not in ("cg", "pcg"))):
+        raise ValueError(f"solver {spec!r}: allowed {list(SOLVERS)}, or cg@k / pcg@k (k >= 1 iterations)")
+    return name, int(k) if k else None
 
 
 class ScaleBench:
@@ -92,15 +104,28 @@ class ScaleBench:
             raise ValueError(f"--n-test {n} exceeds the finetuning test split ({len(split)})")
         return split.subset(torch.arange(n, device=self.exp.device))
 
-    def scores(self, s: torch.Tensor) -> torch.Tensor:
-        return removal_effect(upweight_influence(self.pt, self.pt_params, s, self.config["influence"]["batch_size"]), self.pt.n)
+    def scores(self, s: torch.Tensor, query_rank: int | None = None) -> torch.Tensor:
+        return removal_effect(upweight_influence(self.pt, self.pt_params, s, self.config["influence"]["batch_size"],
+                                                 query_rank=query_rank), self.pt.n)
+
+    def _options(self, spec: str, reference: bool) -> tuple[str, dict]:
+        """The solver name of ``spec`` (``name`` or ``name@k``, per stage as ``a+b``) and the options it runs with."""
+        options = dict(self.ref_options if reference else self.options)
+        names = []
+        for part in spec.split("+"):
+            name, k = solver_spec(part)
+            if k is not None:
+                options[name] = {**(options.get(name) or {}), "max_iter": k}
+            names.append(name)
+        return "+".join(names), options
 
     def _finetune(self, scenario, solver, test, reference=False):
-        return finetune_ihvp(self.ft[scenario], self.ft_params[scenario], test, solver, self.damping,
-                             self.ref_options if reference else self.options)
+        name, options = self._options(solver.split("+")[0], reference)
+        return finetune_ihvp(self.ft[scenario], self.ft_params[scenario], test, name, self.damping, options)
 
     def _pretrain(self, g, solver, reference=False):
-        return pretrain_ihvp(self.pt, self.pt_params, g, solver, self.damping, self.ref_options if reference else self.options)
+        name, options = self._options(solver.split("+")[-1], reference)
+        return pretrain_ihvp(self.pt, self.pt_params, g, name, self.damping, options)
 
     # -- agreement with the tight CG -------------------------------------------------------------
 
@@ -146,7 +171,7 @@ class ScaleBench:
 
     # -- cost relative to one epoch ----------------------------------------------------------------
 
-    def cost_rows(self, solvers=COST_SOLVERS, n_tests=COST_N_TEST, scenario: str = "fixed") -> list[dict]:
+    def cost_rows(self, solvers=COST_SOLVERS, n_tests=COST_N_TEST, scenario: str = "fixed", query_ranks=QUERY_RANKS) -> list[dict]:
         epoch = epoch_seconds(self.pt, self.pt_params, repeats=5)
         log.info("one pretraining epoch (forward + backward of the mean loss over n=%d): %.3fs", self.pt.n, epoch)
         rows = []
@@ -161,8 +186,16 @@ class ScaleBench:
                     t["cross_stage_s"], t0 = time.perf_counter() - t0, time.perf_counter()
                     s = self._pretrain(g, solver)
                     t["pretrain_s"], t0 = time.perf_counter() - t0, time.perf_counter()
-                    self.scores(s.x)
+                    exact = self.scores(s.x)
                     t["scores_s"] = time.perf_counter() - t0
+                low_rank = {}
+                for r in query_ranks:  # the same dot products with every layer block of s truncated to rank r
+                    t0 = time.perf_counter()
+                    approx = self.scores(s.x, query_rank=r)
+                    elapsed, agree = time.perf_counter() - t0, agreement(approx, exact)
+                    low_rank.update({f"scores_rank{r}_s": elapsed, f"scores_rank{r}_pearson": agree["pearson"],
+                                     f"scores_rank{r}_pearson_min": agree["pearson_min"]})
+                low_rank.update({f"scores_rank{r}_epochs": low_rank[f"scores_rank{r}_s"] / epoch for r in query_ranks})
                 if n <= self.jvp_max_n:  # the forward-mode alternative for the dot products, timed beside them
                     t0 = time.perf_counter()
                     upweight_influence_jvp(self.pt, self.pt_params, s.x, self.config["influence"]["batch_size"])
@@ -177,9 +210,18 @@ class ScaleBench:
                              "cold_s": cold, "warm_s": warm, "epoch_s": epoch, "cold_epochs": cold / epoch, "warm_epochs": warm / epoch,
                              "warm_unchecked_epochs": (warm - check) / epoch, "peak_mib": m["peak_mib"],
                              "finetune_hvps": v.info.get("hvps"), "pretrain_residual": float(s.residual.max()),
-                             "scores_jvp_s": jvp_s, "scores_epochs": t["scores_s"] / epoch, "scores_jvp_epochs": jvp_s / epoch})
+                             "scores_jvp_s": jvp_s, "scores_epochs": t["scores_s"] / epoch, "scores_jvp_epochs": jvp_s / epoch,
+                             "pretrain_hvps": s.info.get("hvps"), **low_rank})
                 log.info("cost %s", {k: (round(x, 4) if isinstance(x, float) else x) for k, x in rows[-1].items()})
         return rows
+
+
+def _spec_arg(spec: str) -> str:
+    try:
+        solver_spec(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return spec
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,10 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ref-tol", type=float, default=1e-6, help="relative residual of the reference CG")
     p.add_argument("--ref-max-iter", type=int, default=2000, help="iterations of the reference CG")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--solvers", nargs="+", default=["cg", "ekfac"], choices=SOLVERS)
+    p.add_argument("--solvers", nargs="+", default=["cg", "ekfac"], type=_spec_arg,
+                   help=f"solvers of the agreement table: {list(SOLVERS)}, or cg@k / pcg@k (stopped after k iterations)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--cost-solvers", nargs="+", default=list(COST_SOLVERS))
     p.add_argument("--cost-n-test", type=int, nargs="+", default=list(COST_N_TEST))
+    p.add_argument("--query-ranks", type=int, nargs="*", default=list(QUERY_RANKS),
+                   help="also time the dot products with the low-rank query of these ranks (influence.query_rank), against the exact ones")
     p.add_argument("--jvp-max-n", type=int, default=10, help="time the JVP dot products up to this many test examples")
     p.add_argument("--skip-agreement", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
@@ -214,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 4):
             print(agree.to_string(index=False))
     if not args.skip_cost:
-        cost = pd.DataFrame(bench.cost_rows(tuple(args.cost_solvers), tuple(args.cost_n_test)))
+        cost = pd.DataFrame(bench.cost_rows(tuple(args.cost_solvers), tuple(args.cost_n_test), query_ranks=tuple(args.query_ranks)))
         cost.to_csv(out / "scale_cost.csv", index=False)
         with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 4):
             print(cost.to_string(index=False))

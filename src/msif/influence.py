@@ -123,7 +123,7 @@ JVP_MAX_COLUMNS = 16
 
 
 def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Tensor, batch_size: int = 256,
-                       rows: slice | None = None, method: str = "auto") -> torch.Tensor:
+                       rows: slice | None = None, method: str = "auto", query_rank: int | None = None) -> torch.Tensor:
     """Koh & Liang's ``I_up,loss(z_i, x_t) = −sᵀ ∇l(z_i)``, shape (n_test, n_pretrain), streamed over z.
 
     ``rows`` (from :func:`shard_rows`) restricts z to one shard: shape (n_test, rows), the same numbers as
@@ -133,30 +133,41 @@ def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Ten
     differentiates every example separately (``torch.func.vmap`` of ``grad``; any model); ``auto``:
     ``jvp`` when ``s`` has at most ``JVP_MAX_COLUMNS`` columns (:func:`upweight_influence_jvp`), else
     ``layers`` when every parameter sits in such a layer, else ``vmap``.
+
+    ``query_rank`` (``influence.query_rank``; None: exact): each layer's block of every column of ``s``
+    is truncated to rank r by its SVD first (:class:`msif.kfac.LowRankQuery`), so a position of a layer
+    costs r·(out + in) multiply-adds per column instead of out·in; needs the ``layers`` method.
     """
     rows = rows if rows is not None else slice(0, len(pt.data))
     if rows.start % batch_size:
         raise ValueError(f"rows {rows}: a shard must start at a batch boundary (a multiple of batch_size={batch_size})")
     if method not in DOT_METHODS:
         raise ValueError(f"method={method!r}: allowed {list(DOT_METHODS)}")
-    if method == "jvp" or (method == "auto" and s.shape[1] <= JVP_MAX_COLUMNS):
+    if query_rank is not None and method not in ("auto", "layers"):
+        raise ValueError(f"query_rank={query_rank} needs method 'layers' (or 'auto'), got {method!r}")
+    if query_rank is None and (method == "jvp" or (method == "auto" and s.shape[1] <= JVP_MAX_COLUMNS)):
         return upweight_influence_jvp(pt, params, s, batch_size, rows)
     data = Split(pt.data.x[rows], pt.data.y[rows], pt.data.ids[rows])
     out = torch.empty(s.shape[1], len(data), dtype=s.dtype, device=s.device)
     if method in ("auto", "layers"):
-        from msif.kfac import find_layers, per_example_dots
+        from msif.kfac import LowRankQuery, find_layers, per_example_dots
         from msif.operators import Stage
 
         stage = Stage.of(pt)
         layers, others, _ = find_layers(stage)
         if not others:  # every parameter in a Linear/Conv2d layer: per-example gradients from one backward per batch
+            query = s if query_rank is None else LowRankQuery.of(layers, s, query_rank)
+            if query_rank is not None:
+                log.info("low-rank query: rank %d keeps %.4f of ||s||^2", query_rank, query.kept)
             for start in range(0, len(data), batch_size):
                 batch = slice(start, min(start + batch_size, len(data)))
                 idx = torch.arange(rows.start + batch.start, rows.start + batch.stop, device=pt.data.x.device)
-                out[:, batch] = -per_example_dots(stage, params, layers, s, idx)
+                out[:, batch] = -per_example_dots(stage, params, layers, query, idx)
             return out
-        if method == "layers":
-            raise ValueError(f"method='layers': parameters {others[:5]} are outside Linear/Conv2d layers; use 'vmap' or 'auto'")
+        if method == "layers" or query_rank is not None:
+            need = "method='layers'" if query_rank is None else f"query_rank={query_rank} (the low-rank query)"
+            raise ValueError(f"{need} needs every parameter in a Linear/Conv2d layer: parameters {others[:5]} are not; "
+                             "use method 'vmap' or 'auto' with query_rank null")
     for batch, g in per_example_grads(pt, params, data, batch_size):
         out[:, batch] = -(g @ s).T
     return out

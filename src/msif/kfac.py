@@ -181,26 +181,67 @@ def _layer_statistics(stage: Stage, params: torch.Tensor, layers: list[Layer], b
                     visit(layers[i], a, layers[i].output_grads(g), w, k == 0)
 
 
-def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+@dataclass
+class LowRankQuery:
+    """Per layer, each column ``s_t`` of a query block as an (out, d) matrix truncated to rank r by its SVD,
+
+        S_t ≈ Σ_{k≤r} σ_tk u_tk v_tkᵀ,   stored as  left = [σ_tk u_tk]_(t,k) (out, t·r),  right = [v_tk]_(t,k) (d, t·r),
+
+    so that ``⟨G_i, S_t⟩ = Σ_l g_ilᵀ S_t a_il ≈ Σ_l Σ_k (g_ilᵀ σ_tk u_tk)(a_ilᵀ v_tk)`` costs r·(out + d) per
+    position instead of out·d (Grosse et al. 2023's low-rank query; exact when r ≥ min(out, d)).
+    ``kept``: the fraction of ``‖s‖²`` (over the layers, all columns) the truncation keeps.
+    """
+
+    rank: int
+    t: int
+    left: list[torch.Tensor]
+    right: list[torch.Tensor]
+    kept: float
+
+    @classmethod
+    def of(cls, layers: list[Layer], s: torch.Tensor, rank: int) -> LowRankQuery:
+        if rank < 1:
+            raise ValueError(f"influence.query_rank={rank}: must be >= 1 (or null for exact dot products)")
+        left, right, kept, total = [], [], 0.0, 0.0
+        for layer in layers:
+            m = layer.gather(s)  # (t, out, d)
+            u, sv, vh = torch.linalg.svd(m, full_matrices=False)
+            r = min(rank, sv.shape[1])
+            left.append((u[..., :r] * sv[:, None, :r]).permute(1, 0, 2).reshape(layer.out, -1))
+            right.append(vh[:, :r, :].permute(2, 0, 1).reshape(layer.d, -1))
+            kept, total = kept + float(sv[:, :r].square().sum()), total + float(sv.square().sum())
+        return cls(rank, s.shape[1], left, right, kept / total if total > 0 else 1.0)
+
+
+def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s: torch.Tensor | LowRankQuery,
+                     idx: torch.Tensor) -> torch.Tensor:
     """``∇l(z_i)·s_t`` for the examples ``idx`` and every column of ``s`` (p, t), when every parameter sits in ``layers``.
 
     One forward with hooks and one backward of ``Σ_i l(z_i)`` (unweighted: each example's loss depends
     only on its own outputs, so the output gradients ``g_il`` are per example); then per layer the
     per-example gradient ``G_i = Σ_l g_il a_ilᵀ`` (out, d) and its products with the columns of ``s`` as
-    (out, d) matrices. No vmap over examples; shape (t, len(idx)).
+    (out, d) matrices. With a :class:`LowRankQuery` in place of ``s``, ``Σ_l Σ_k (g_ilᵀ σu)(a_ilᵀ v)``
+    instead, without forming ``G_i``. No vmap over examples; shape (t, len(idx)).
     """
     z, calls = _hooked_outputs(stage, params, layers, idx)
     with torch.enable_grad():
         losses = stage.loss(z, stage.y[idx])
     flat = [(i, a, out) for i, c in calls.items() for a, out in c]
     grads = torch.autograd.grad(losses.sum(), [out for _, _, out in flat], allow_unused=True)
-    dots = torch.zeros(s.shape[1], len(idx), dtype=s.dtype, device=s.device)
+    low_rank = isinstance(s, LowRankQuery)
+    t = s.t if low_rank else s.shape[1]
+    dots = torch.zeros(t, len(idx), dtype=params.dtype, device=params.device)
     for (i, a, _), g in zip(flat, grads, strict=True):
         if g is None:
             continue
         layer = layers[i]
-        per_example = torch.einsum("nlo,nld->nod", layer.output_grads(g), layer.patches(a))
-        dots += layer.gather(s).reshape(s.shape[1], -1) @ per_example.reshape(len(idx), -1).T
+        g, a = layer.output_grads(g), layer.patches(a)
+        if low_rank:
+            prod = (g @ s.left[i]) * (a @ s.right[i])  # (n, L, t·r)
+            dots += prod.sum(1).reshape(len(idx), t, -1).sum(2).T
+            continue
+        per_example = torch.einsum("nlo,nld->nod", g, a)
+        dots += layer.gather(s).reshape(t, -1) @ per_example.reshape(len(idx), -1).T
     return dots
 
 

@@ -147,11 +147,11 @@ def stage_solve(objective, params: torch.Tensor, rhs: torch.Tensor, solver: str,
     """``(C + λI)⁻¹ rhs`` for one stage, C its curvature (``options['curvature']``: hessian | ggn).
 
     ``options`` is the ``influence`` config block: ``curvature`` and one block per solver
-    (``cg``, ``lissa``, ``arnoldi``, ``ekfac``; missing keys take the schema's defaults). Builds
+    (``cg``, ``lissa``, ``arnoldi``, ``ekfac``, ``pcg``; missing keys take the schema's defaults). Builds
     only what the solver needs: the curvature matvec (every solver, for the residual), mini-batch
-    products (``lissa``), an EK-FAC fit (``ekfac``, fitted on this stage's Linear/Conv2d layers).
+    products (``lissa``), an EK-FAC fit (``ekfac``, and ``pcg``'s preconditioner; fitted on this stage's Linear/Conv2d layers).
     """
-    from msif.curvature import EKFACOptions, LissaOptions, options_of
+    from msif.curvature import EKFACOptions, LissaOptions, PCGOptions, options_of
 
     options = options or {}
     curvature = options.get("curvature", "hessian")
@@ -162,10 +162,10 @@ def stage_solve(objective, params: torch.Tensor, rhs: torch.Tensor, solver: str,
     if solver == "lissa":
         o = options_of(LissaOptions, block)
         sampler = stage.sampler(params, curvature, o.batch_size) if o.batch_size is not None else None
-    if solver == "ekfac":
+    if solver in ("ekfac", "pcg"):
         from msif.kfac import EKFAC
 
-        o = options_of(EKFACOptions, block)
+        o = options_of(EKFACOptions if solver == "ekfac" else PCGOptions, block)
         ekfac = EKFAC.fit(stage, params, batch_size=o.batch_size)
     out = solve(solver, matvec, rhs, damping, block, eigh=eigh, sampler=sampler, ekfac=ekfac,
                 lanczos_iters=options.get("lanczos_iters"))  # influence.lanczos_iters: not a schema key; 0 skips (bench)

@@ -207,7 +207,8 @@ def run_scores(config: dict, scenario: str, solver: str, data_path: str, pretrai
     rows = slice(0, pt.n) if shard is None else shard_rows(pt.n, batch_size, config["influence"].get("shards", 1), shard)
     name = f"scores[{scenario},{solver}]" + ("" if shard is None else f" shard {shard} (rows {rows.start}..{rows.stop})")
     t0 = time.perf_counter()
-    scores = removal_effect(upweight_influence(pt, pt_params, s, batch_size, rows), pt.n)
+    scores = removal_effect(upweight_influence(pt, pt_params, s, batch_size, rows,
+                                               query_rank=config["influence"].get("query_rank")), pt.n)
     pretrain_ids = exp.data.pretrain.ids[rows]
     bad = ~torch.isfinite(scores).all(dim=0)
     if bad.any():

@@ -69,7 +69,7 @@ SOLVE_BASE = FINETUNE_KEYS + tuple(
     f"influence.{k}"
     for k in ("n_test", "damping", "max_residual", "fail_on_bad_solve", "curvature")
 )
-SOLVER_OPTIONS = ("cg", "lissa", "arnoldi", "ekfac")
+SOLVER_OPTIONS = ("cg", "lissa", "arnoldi", "ekfac", "pcg")
 
 
 def solver_keys(solver):

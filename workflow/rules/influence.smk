@@ -97,7 +97,9 @@ rule scores_shard:
         runtime=30,
         gpu=0,
     params:
-        cfg=solve_params("influence.batch_size", "influence.shards"),
+        cfg=solve_params(
+            "influence.batch_size", "influence.shards", "influence.query_rank"
+        ),
         version=VERSION,
     script:
         "../scripts/scores.py"
@@ -119,7 +121,7 @@ rule scores:
         runtime=10,
         gpu=0,
     params:
-        cfg=solve_params("influence.batch_size"),
+        cfg=solve_params("influence.batch_size", "influence.query_rank"),
         version=VERSION,
     script:
         "../scripts/merge_scores.py"

@@ -139,9 +139,10 @@ def test_removal_effect_of_a_shard_is_its_columns(problem):
 
 
 def test_low_rank_query_is_the_truncated_query_and_exact_at_full_rank():
-    """``query_rank=r``: every layer block of every column of s truncated to rank r by its SVD, then the exact
-    dot products (looped oracle) — computed without per-example gradients; at full rank it is the exact score."""
-    from msif.kfac import LowRankQuery, find_layers
+    """``query_rank=r``: each layer block of every column of s replaced by its best rank-r approximation (truncated
+    SVD) where that saves arithmetic, then the exact dot products (looped oracle) — computed without per-example
+    gradients; at full rank it is the exact score."""
+    from msif.kfac import LowRankQuery, find_layers, layer_positions
     from msif.operators import Stage
 
     gen = torch.Generator().manual_seed(2)
@@ -151,18 +152,27 @@ def test_low_rank_query_is_the_truncated_query_and_exact_at_full_rank():
     w, u, _ = model.init_params(0, torch.float64, torch.device("cpu"))
     params = torch.cat([w, u])
     s = torch.randn(params.numel(), 4, dtype=torch.float64, generator=gen)
-    layers = find_layers(Stage.of(pt))[0]
-    for rank in (1, 2):
-        truncated = torch.zeros_like(s)
-        for layer in layers:
-            uu, sv, vh = torch.linalg.svd(layer.gather(s), full_matrices=False)
-            layer.scatter(uu[..., :rank] @ torch.diag_embed(sv[:, :rank]) @ vh[:, :rank], truncated)
+    stage = Stage.of(pt)
+    layers = find_layers(stage)[0]
+    positions = layer_positions(stage, params, layers)
+    assert positions == [16, 1, 1]
+    # truncated where L·r·(out + d) < out·d: the conv never (16 positions), the Linear for r <= 4, the head for r = 1
+    for rank, cut in ((1, [False, True, True]), (2, [False, True, False]), (4, [False, True, False]), (5, [False, False, False])):
+        query = LowRankQuery.of(layers, s, rank, positions)
+        assert query.truncated == cut, rank
+        truncated = s.clone()
+        for layer, c in zip(layers, cut, strict=True):
+            if c:
+                uu, sv, vh = torch.linalg.svd(layer.gather(s), full_matrices=False)
+                layer.scatter(uu[..., :rank] @ torch.diag_embed(sv[:, :rank]) @ vh[:, :rank], truncated)
         low = upweight_influence(pt, params, s, 5, query_rank=rank)
-        torch.testing.assert_close(low, looped_upweight(pt, params, truncated), rtol=1e-10, atol=1e-12)
-        assert not torch.allclose(low, looped_upweight(pt, params, s), rtol=1e-3), rank  # rank 1-2 is an approximation here
-        assert 0 < LowRankQuery.of(layers, s, rank).kept < 1
+        torch.testing.assert_close(low, looped_upweight(pt, params, truncated), rtol=1e-9, atol=1e-11)
+        kept = sum(float(la.gather(truncated).square().sum()) for la in layers) / sum(float(la.gather(s).square().sum()) for la in layers)
+        assert query.kept == pytest.approx(kept, rel=1e-10)
+        if any(cut):
+            assert not torch.allclose(low, looped_upweight(pt, params, s), rtol=1e-3), rank  # an approximation here
+            assert query.kept < 1
     torch.testing.assert_close(upweight_influence(pt, params, s, 5, query_rank=5), looped_upweight(pt, params, s), rtol=1e-10, atol=1e-12)
-    assert LowRankQuery.of(layers, s, 5).kept == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"query_rank=2 needs method 'layers'"):
         upweight_influence(pt, params, s, 5, method="vmap", query_rank=2)
     with pytest.raises(ValueError, match=r"query_rank=0: must be >= 1"):

@@ -135,8 +135,9 @@ def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Ten
     ``layers`` when every parameter sits in such a layer, else ``vmap``.
 
     ``query_rank`` (``influence.query_rank``; None: exact): each layer's block of every column of ``s``
-    is truncated to rank r by its SVD first (:class:`msif.kfac.LowRankQuery`), so a position of a layer
-    costs r·(out + in) multiply-adds per column instead of out·in; needs the ``layers`` method.
+    is truncated to rank r first (:class:`msif.kfac.LowRankQuery`), so a position of a layer costs
+    r·(out + in) multiply-adds per column instead of out·in — only in the layers where that is fewer
+    (the others stay exact); needs the ``layers`` method.
     """
     rows = rows if rows is not None else slice(0, len(pt.data))
     if rows.start % batch_size:
@@ -150,15 +151,17 @@ def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Ten
     data = Split(pt.data.x[rows], pt.data.y[rows], pt.data.ids[rows])
     out = torch.empty(s.shape[1], len(data), dtype=s.dtype, device=s.device)
     if method in ("auto", "layers"):
-        from msif.kfac import LowRankQuery, find_layers, per_example_dots
+        from msif.kfac import LowRankQuery, find_layers, layer_positions, per_example_dots
         from msif.operators import Stage
 
         stage = Stage.of(pt)
         layers, others, _ = find_layers(stage)
         if not others:  # every parameter in a Linear/Conv2d layer: per-example gradients from one backward per batch
-            query = s if query_rank is None else LowRankQuery.of(layers, s, query_rank)
+            query = s
             if query_rank is not None:
-                log.info("low-rank query: rank %d keeps %.4f of ||s||^2", query_rank, query.kept)
+                query = LowRankQuery.of(layers, s, query_rank, layer_positions(stage, params, layers))
+                log.info("low-rank query of rank %d on layers %s keeps %.4f of ||s||^2", query_rank,
+                         [la.name for la, cut in zip(layers, query.truncated, strict=True) if cut], query.kept)
             for start in range(0, len(data), batch_size):
                 batch = slice(start, min(start + batch_size, len(data)))
                 idx = torch.arange(rows.start + batch.start, rows.start + batch.stop, device=pt.data.x.device)

@@ -116,8 +116,9 @@ class Layer:
 
 def find_layers(stage: Stage) -> tuple[list[Layer], list[str], torch.Tensor]:
     """The stage's supported layers, the names of its other parameters, and a mask (p,) of those."""
-    layers, covered = [], set()
+    layers = []
     p = sum(b.spec.numel for b in stage.blocks)
+    other = torch.ones(p, dtype=torch.bool)
     for block in stage.blocks:
         offsets = _offsets(block)
         for mod_name, module in block.module.named_modules():
@@ -129,9 +130,9 @@ def find_layers(stage: Stage) -> tuple[list[Layer], list[str], torch.Tensor]:
             out, d0 = w[1][0], int(torch.Size(w[1][1:]).numel())
             layer = Layer(f"{block.name}.{mod_name}" if mod_name else block.name, module, w[0], out, d0, b[0] if has_bias else None)
             layers.append(layer)
-            covered.update(layer.indices())
-    other = torch.ones(p, dtype=torch.bool)
-    other[sorted(covered)] = False
+            other[layer.weight_offset : layer.weight_offset + out * d0] = False
+            if layer.bias_offset is not None:
+                other[layer.bias_offset : layer.bias_offset + out] = False
     names = [f"{blk.name}.{n}" for blk in stage.blocks for n, (o, s) in _offsets(blk).items()
              if other[o : o + int(torch.Size(s).numel())].any()]
     return layers, names, other
@@ -183,34 +184,70 @@ def _layer_statistics(stage: Stage, params: torch.Tensor, layers: list[Layer], b
 
 @dataclass
 class LowRankQuery:
-    """Per layer, each column ``s_t`` of a query block as an (out, d) matrix truncated to rank r by its SVD,
+    """Per layer, each column ``s_t`` of a query block as an (out, d) matrix ``S_t`` truncated to rank r,
 
-        S_t ≈ Σ_{k≤r} σ_tk u_tk v_tkᵀ,   stored as  left = [σ_tk u_tk]_(t,k) (out, t·r),  right = [v_tk]_(t,k) (d, t·r),
+        S_t ≈ U_r U_rᵀ S_t   (U_r: the top-r eigenvectors of S_t S_tᵀ, the best rank-r approximation),
+        stored as  left = [u_tk]_(t,k) (out, t·r),  right = [S_tᵀ u_tk]_(t,k) (d, t·r)
 
-    so that ``⟨G_i, S_t⟩ = Σ_l g_ilᵀ S_t a_il ≈ Σ_l Σ_k (g_ilᵀ σ_tk u_tk)(a_ilᵀ v_tk)`` costs r·(out + d) per
-    position instead of out·d (Grosse et al. 2023's low-rank query; exact when r ≥ min(out, d)).
-    ``kept``: the fraction of ``‖s‖²`` (over the layers, all columns) the truncation keeps.
+    (the Gram matrix of the smaller side is factorised, ``S_t S_tᵀ = W Wᵀ + b bᵀ`` without assembling
+    ``[W | b]``; for out > d the roles swap), so that
+    ``⟨G_i, S_t⟩ = Σ_l g_ilᵀ S_t a_il ≈ Σ_l Σ_k (g_ilᵀ left_tk)(a_ilᵀ right_tk)`` costs L·r·(out + d) per example
+    and column instead of out·d (Grosse et al. 2023's low-rank query). A layer is truncated only where
+    that saves arithmetic, ``L·r·(out + d) < out·d`` (L: its positions per example); the others keep
+    their exact block (``exact``). At full rank nothing is truncated and the scores are exact.
+    ``kept``: the fraction of ``‖s‖²`` over the layers (all columns) that the truncation keeps.
     """
 
     rank: int
     t: int
-    left: list[torch.Tensor]
-    right: list[torch.Tensor]
+    truncated: list[bool]
+    left: list[torch.Tensor | None]
+    right: list[torch.Tensor | None]
+    exact: list[torch.Tensor | None]
     kept: float
 
     @classmethod
-    def of(cls, layers: list[Layer], s: torch.Tensor, rank: int) -> LowRankQuery:
+    def of(cls, layers: list[Layer], s: torch.Tensor, rank: int, positions: list[int]) -> LowRankQuery:
         if rank < 1:
             raise ValueError(f"influence.query_rank={rank}: must be >= 1 (or null for exact dot products)")
-        left, right, kept, total = [], [], 0.0, 0.0
-        for layer in layers:
-            m = layer.gather(s)  # (t, out, d)
-            u, sv, vh = torch.linalg.svd(m, full_matrices=False)
-            r = min(rank, sv.shape[1])
-            left.append((u[..., :r] * sv[:, None, :r]).permute(1, 0, 2).reshape(layer.out, -1))
-            right.append(vh[:, :r, :].permute(2, 0, 1).reshape(layer.d, -1))
-            kept, total = kept + float(sv[:, :r].square().sum()), total + float(sv.square().sum())
-        return cls(rank, s.shape[1], left, right, kept / total if total > 0 else 1.0)
+        t = s.shape[1]
+        rows = s.T.contiguous()  # (t, p): every layer's weight block is then a contiguous (t, out, d0) view
+        truncated, left, right, exact, kept, total = [], [], [], [], 0.0, 0.0
+        for layer, n_pos in zip(layers, positions, strict=True):
+            w = rows[:, layer.weight_offset : layer.weight_offset + layer.out * layer.d0].reshape(t, layer.out, layer.d0)
+            b = rows[:, layer.bias_offset : layer.bias_offset + layer.out] if layer.bias_offset is not None else None
+            norm2 = float(w.norm()) ** 2 + (float(b.norm()) ** 2 if b is not None else 0.0)
+            total += norm2
+            r = min(rank, layer.out, layer.d)
+            cut = n_pos * r * (layer.out + layer.d) < layer.out * layer.d
+            truncated.append(cut)
+            if not cut:
+                left.append(None), right.append(None), exact.append(layer.gather(s).reshape(t, -1))
+                kept += norm2
+            elif layer.out <= layer.d:  # Gram of the rows: S Sᵀ = W Wᵀ + b bᵀ, (t, out, out)
+                gram = w @ w.transpose(1, 2) + (b[:, :, None] * b[:, None, :] if b is not None else 0.0)
+                values, vecs = torch.linalg.eigh(gram)  # ascending
+                u = vecs[..., -r:]  # (t, out, r)
+                proj = w.transpose(1, 2) @ u  # Sᵀu, (t, d0 [+1], r)
+                if b is not None:
+                    proj = torch.cat([proj, (b[:, None, :] @ u)], dim=1)
+                left.append(u.permute(1, 0, 2).reshape(layer.out, -1)), right.append(proj.permute(1, 0, 2).reshape(layer.d, -1))
+                exact.append(None)
+                kept += float(values[:, -r:].clamp_min(0).sum())
+            else:  # Gram of the columns: SᵀS, (t, d, d)
+                m = layer.gather(s)
+                values, vecs = torch.linalg.eigh(m.transpose(1, 2) @ m)
+                v = vecs[..., -r:]
+                left.append((m @ v).permute(1, 0, 2).reshape(layer.out, -1)), right.append(v.permute(1, 0, 2).reshape(layer.d, -1))
+                exact.append(None)
+                kept += float(values[:, -r:].clamp_min(0).sum())
+        return cls(rank, t, truncated, left, right, exact, kept / total if total > 0 else 1.0)
+
+
+def layer_positions(stage: Stage, params: torch.Tensor, layers: list[Layer]) -> list[int]:
+    """Positions L per example of every layer (summed over its calls), from one forward of the first example."""
+    _, calls = _hooked_outputs(stage, params, layers, torch.arange(1, device=stage.x.device))
+    return [sum(layers[i].patches(a).shape[1] for a, _ in calls[i]) for i in range(len(layers))]
 
 
 def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s: torch.Tensor | LowRankQuery,
@@ -220,8 +257,8 @@ def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s:
     One forward with hooks and one backward of ``Σ_i l(z_i)`` (unweighted: each example's loss depends
     only on its own outputs, so the output gradients ``g_il`` are per example); then per layer the
     per-example gradient ``G_i = Σ_l g_il a_ilᵀ`` (out, d) and its products with the columns of ``s`` as
-    (out, d) matrices. With a :class:`LowRankQuery` in place of ``s``, ``Σ_l Σ_k (g_ilᵀ σu)(a_ilᵀ v)``
-    instead, without forming ``G_i``. No vmap over examples; shape (t, len(idx)).
+    (out, d) matrices. With a :class:`LowRankQuery` in place of ``s``, its truncated layers take
+    ``Σ_l Σ_k (g_ilᵀ left)(a_ilᵀ right)`` instead, without forming ``G_i``. No vmap over examples; shape (t, len(idx)).
     """
     z, calls = _hooked_outputs(stage, params, layers, idx)
     with torch.enable_grad():
@@ -236,12 +273,13 @@ def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s:
             continue
         layer = layers[i]
         g, a = layer.output_grads(g), layer.patches(a)
-        if low_rank:
+        if low_rank and s.truncated[i]:
             prod = (g @ s.left[i]) * (a @ s.right[i])  # (n, L, t·r)
             dots += prod.sum(1).reshape(len(idx), t, -1).sum(2).T
             continue
         per_example = torch.einsum("nlo,nld->nod", g, a)
-        dots += layer.gather(s).reshape(t, -1) @ per_example.reshape(len(idx), -1).T
+        block = s.exact[i] if low_rank else layer.gather(s).reshape(t, -1)
+        dots += block @ per_example.reshape(len(idx), -1).T
     return dots
 
 

@@ -22,7 +22,9 @@ Solvers (``SOLVERS``), one interface ``solver(matvec, B, damping, ...) -> Solve`
 - ``ekfac``   eigenvalue-corrected K-FAC (George et al. 2018), fitted on the model's Linear/Conv2d
   layers by :mod:`msif.kfac`; here only its solve is used;
 - ``pcg``     block CG preconditioned by that EK-FAC: converges to CG's answer (same residual test
-  against the true curvature), in fewer curvature products when EK-FAC is a good approximation.
+  against the true curvature); its first iterate refines EK-FAC's solve, so a few iterations are far
+  more accurate than as many of plain CG (whether it *converges* in fewer products depends on the model:
+  on the scale CNN it needs more).
 
 A solver name may name the two stages' solvers separately, ``<finetune>+<pretrain>`` (``cg+ekfac``:
 CG for the finetuning stage, EK-FAC for pretraining); see :func:`stage_solvers`.
@@ -130,11 +132,21 @@ def ggn_matvec(outputs: Callable[[torch.Tensor], torch.Tensor], outer: Callable[
     return _columns(one)
 
 
-def _columns(one: Matvec) -> Matvec:
+COLUMN_CHUNK = 32  # columns per vectorised curvature product: memory ∝ chunk × the stage's activations, not × t
+
+
+def _columns(one: Matvec, chunk: int | None = None) -> Matvec:
+    """``one`` (a product with one vector) applied to every column of a (p, t) matrix, ``vmap``-ed over
+    at most ``chunk`` (default ``COLUMN_CHUNK``) columns at a time."""
     many = vmap(one, in_dims=1, out_dims=1)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
-        return one(v) if v.ndim == 1 else many(v)
+        if v.ndim == 1:
+            return one(v)
+        k = chunk or COLUMN_CHUNK
+        if v.shape[1] <= k:
+            return many(v)
+        return torch.cat([many(v[:, i : i + k]) for i in range(0, v.shape[1], k)], dim=1)
 
     return matvec
 

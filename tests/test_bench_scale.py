@@ -48,7 +48,8 @@ def test_bench_scale_writes_agreement_and_cost_tables(tiny_scale_config, tmp_pat
         assert agree.loc[(scenario, "pcg@1"), "residual"] < agree.loc[(scenario, "ekfac"), "residual"]
         assert agree.loc[(scenario, "pcg@1"), "hvps"] == 3 and agree.loc[(scenario, "ekfac"), "hvps"] == 0
     cost = pd.read_csv(out / "scale_cost.csv").set_index("n_test")
-    assert list(cost.index) == [1, 3]
+    assert list(cost.index) == [1, 3] and (cost["n_pretrain"] == 60).all()
+    assert (out / "scale_solvers.png").stat().st_size > 10_000 and (out / "scale_cost.json").exists()
     # rank 200 exceeds every layer's min(out, in): the low-rank query is the exact score; rank 1 is not
     assert (cost["scores_rank200_pearson"] > 1 - 1e-9).all()
     assert cost.loc[3, "scores_rank1_pearson"] < 1 - 1e-6

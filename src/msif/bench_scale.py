@@ -18,7 +18,9 @@ the reference is CG run to a tight tolerance (``--ref-tol``) in both stages, on 
   ``scores_rank<r>_{s,epochs,pearson,pearson_min}``: the dot products with the low-rank query of rank r
   (``influence.query_rank``), their time and their agreement with the exact dot products of the same ``s``;
   ``pretrain_hvps``: curvature products of the pretraining solve (``pcg`` and ``cg``);
-- ``scale_solvers.json``: machine, threads, load average, sizes, the reference's residuals.
+- ``scale_solvers.json`` / ``scale_cost.json``: machine, threads, load average, sizes, the reference's residuals;
+- ``scale_solvers.png``: Pearson against curvature products (pretraining stage), and the dot products' cost
+  in epochs against the number of test examples, exact and low-rank (``--figure-only`` redraws it).
 
 Times are wall-clock on a possibly shared machine: compare rows of one run, not runs.
 """
@@ -206,7 +208,7 @@ class ScaleBench:
                 check = sum(x.info.get("residual_seconds", 0.0) for x in (v, s))
                 cold = sum(t.values())
                 warm = cold - fits
-                rows.append({"scenario": scenario, "solver": solver, "n_test": n, **t, "fit_s": fits, "residual_check_s": check,
+                rows.append({"scenario": scenario, "solver": solver, "n_test": n, "n_pretrain": self.pt.n, **t, "fit_s": fits, "residual_check_s": check,
                              "cold_s": cold, "warm_s": warm, "epoch_s": epoch, "cold_epochs": cold / epoch, "warm_epochs": warm / epoch,
                              "warm_unchecked_epochs": (warm - check) / epoch, "peak_mib": m["peak_mib"],
                              "finetune_hvps": v.info.get("hvps"), "pretrain_residual": float(s.residual.max()),
@@ -214,6 +216,41 @@ class ScaleBench:
                              "pretrain_hvps": s.info.get("hvps"), **low_rank})
                 log.info("cost %s", {k: (round(x, 4) if isinstance(x, float) else x) for k, x in rows[-1].items()})
         return rows
+
+
+def figure(agree: pd.DataFrame | None, cost: pd.DataFrame | None, path: Path) -> None:
+    """``scale_solvers.png``: agreement with the reference against curvature products (pretraining stage),
+    and the dot products' cost in epochs against the number of test examples, exact and low-rank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    if agree is not None:
+        pre = agree[agree.stage == "pretrain"]
+        for (family, scenario), d in pre.groupby([pre.solver.str.split("@").str[0], "scenario"], sort=False):
+            d = d.sort_values("hvps")
+            axes[0].plot(d.hvps.clip(lower=0.5), d.pearson, "o-" if scenario == "fixed" else "s--", label=f"{family} ({scenario})")
+        axes[0].axhline(0.9, color="k", lw=0.8, ls="--")
+        axes[0].set(xscale="log", xlabel="curvature products of the pretraining solve (EK-FAC: 0, drawn at 0.5)",
+                    ylabel="Pearson with the reference CG's scores", title="Pretraining stage: accuracy per curvature product")
+        axes[0].legend(fontsize=8)
+    if cost is not None:
+        first = cost[cost.solver == cost.solver.iloc[0]]
+        axes[1].plot(first.n_test, first.scores_epochs, "ko-", label="exact")
+        for col in [c for c in first.columns if c.startswith("scores_rank") and c.endswith("_epochs")]:
+            r = col.removeprefix("scores_rank").removesuffix("_epochs")
+            pearson = first[f"scores_rank{r}_pearson"].iloc[-1]
+            axes[1].plot(first.n_test, first[col], "o:", label=f"low-rank query r={r} (Pearson {pearson:.4f} at {first.n_test.iloc[-1]})")
+        axes[1].axhline(3, color="k", lw=0.8, ls="--")
+        n = f"n = {int(cost.n_pretrain.iloc[0]):,}" if "n_pretrain" in cost else "n = ?"
+        axes[1].set(xscale="log", yscale="log", xlabel="test examples scored", ylabel="dot products' time / one pretraining epoch",
+                    title=f"Scoring cost, {n} (target: 100 tests <= 3 epochs)")
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _spec_arg(spec: str) -> str:
@@ -243,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jvp-max-n", type=int, default=10, help="time the JVP dot products up to this many test examples")
     p.add_argument("--skip-agreement", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--figure-only", action="store_true", help="redraw scale_solvers.png from the tables in --out and stop")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -250,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     config.setdefault("plugin", {})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.figure_only:
+        tables = [out / "scale_solvers.csv", out / "scale_cost.csv"]
+        figure(*(pd.read_csv(t) if t.exists() else None for t in tables), out / "scale_solvers.png")
+        return
     t0 = time.perf_counter()
     bench = ScaleBench(config, args.n_test or config["influence"]["n_test"], args.ref_tol, args.ref_max_iter, args.run_dir)
     bench.jvp_max_n = args.jvp_max_n
@@ -263,12 +305,16 @@ def main(argv: list[str] | None = None) -> None:
         cost.to_csv(out / "scale_cost.csv", index=False)
         with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 4):
             print(cost.to_string(index=False))
+    figure(pd.read_csv(out / "scale_solvers.csv") if (out / "scale_solvers.csv").exists() else None,
+           pd.read_csv(out / "scale_cost.csv") if (out / "scale_cost.csv").exists() else None, out / "scale_solvers.png")
     meta = {"config": args.config, "run_dir": args.run_dir, "torch": torch.__version__, "threads": args.threads,
             "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
             "device": str(bench.exp.device), "dtype": config["dtype"], "p_pretrain": bench.pt_params.numel(), "n_pretrain": bench.pt.n,
             "n_test": len(bench.test), "ref_tol": args.ref_tol, "ref_max_iter": args.ref_max_iter,
             "reference": bench.reference_residuals, "influence": config["influence"], "seconds": time.perf_counter() - t0}
-    (out / "scale_solvers.json").write_text(json.dumps(meta, indent=2, default=str))
+    for table, ran in (("scale_solvers", not args.skip_agreement), ("scale_cost", not args.skip_cost)):
+        if ran:  # a run of one part leaves the other part's tables and metadata alone
+            (out / f"{table}.json").write_text(json.dumps(meta, indent=2, default=str))
 
 
 if __name__ == "__main__":

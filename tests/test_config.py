@@ -31,7 +31,7 @@ def mutate(path: str, value):
     "path,value,message",
     [
         ("scenarios", ["fixed", "frozen"], r"'frozen' does not match '\^\(fixed\|updated"),
-        ("influence.solvers", ["exact", "lissa2"], r"'lissa2' does not match '\^\(exact\|cg\|lissa\|arnoldi\|ekfac\)"),
+        ("influence.solvers", ["exact", "lissa2"], r"'lissa2' does not match '\^\(exact\|cg\|lissa\|arnoldi\|ekfac\|pcg\)"),
         ("influence", KeyError, r"'influence' is a required property"),
         ("influence.damping", -1.0, r"-1\.0 is less than the minimum of 0"),
         ("dtype", "float16", r"'float16' is not one of \['float64', 'float32'\]"),

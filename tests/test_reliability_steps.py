@@ -172,6 +172,10 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
     html = html_path.read_text()
     assert f"{len(spec['sets']) + 1} of {len(lko)} leave-k-out rows are flagged" in html
     assert "diverged" in html and "finetune_ihvp[fixed,cg]: relative residual" in html
+    flags = report.flagged_rows(lko)  # one table row per kind of flag, with its number of rows: cg's rows share one
+    # flag but the diverged retraining's, so 2 table rows (not one per leave-k-out row), the first counting the rest
+    assert flags.count("finetune_ihvp[fixed,cg]: relative residual") == 2, flags
+    assert f"<td class='l'>{len(spec['sets']) - 1}</td>" in flags, flags
 
 
 def test_non_finite_scores_name_the_pretraining_examples(steps_copy):

@@ -135,15 +135,15 @@ def ggn_matvec(outputs: Callable[[torch.Tensor], torch.Tensor], outer: Callable[
 COLUMN_CHUNK = 32  # columns per vectorised curvature product: memory ∝ chunk × the stage's activations, not × t
 
 
-def _columns(one: Matvec, chunk: int | None = None) -> Matvec:
+def _columns(one: Matvec) -> Matvec:
     """``one`` (a product with one vector) applied to every column of a (p, t) matrix, ``vmap``-ed over
-    at most ``chunk`` (default ``COLUMN_CHUNK``) columns at a time."""
+    at most ``COLUMN_CHUNK`` columns at a time."""
     many = vmap(one, in_dims=1, out_dims=1)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         if v.ndim == 1:
             return one(v)
-        k = chunk or COLUMN_CHUNK
+        k = COLUMN_CHUNK
         if v.shape[1] <= k:
             return many(v)
         return torch.cat([many(v[:, i : i + k]) for i in range(0, v.shape[1], k)], dim=1)

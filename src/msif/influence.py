@@ -157,9 +157,9 @@ def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Ten
         stage = Stage.of(pt)
         layers, others, _ = find_layers(stage)
         if not others:  # every parameter in a Linear/Conv2d layer: per-example gradients from one backward per batch
-            query = s
+            positions = layer_positions(stage, params, layers) if query_rank is not None else None
+            query = LowRankQuery.of(layers, s, query_rank, positions)  # the layer blocks of s, gathered once
             if query_rank is not None:
-                query = LowRankQuery.of(layers, s, query_rank, layer_positions(stage, params, layers))
                 log.info("low-rank query of rank %d on layers %s keeps %.4f of ||s||^2", query_rank,
                          [la.name for la, cut in zip(layers, query.truncated, strict=True) if cut], query.kept)
             for start in range(0, len(data), batch_size):

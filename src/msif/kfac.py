@@ -194,11 +194,12 @@ class LowRankQuery:
     ``⟨G_i, S_t⟩ = Σ_l g_ilᵀ S_t a_il ≈ Σ_l Σ_k (g_ilᵀ left_tk)(a_ilᵀ right_tk)`` costs L·r·(out + d) per example
     and column instead of out·d (Grosse et al. 2023's low-rank query). A layer is truncated only where
     that saves arithmetic, ``L·r·(out + d) < out·d`` (L: its positions per example); the others keep
-    their exact block (``exact``). At full rank nothing is truncated and the scores are exact.
+    their exact block (``exact``). At full rank, or with ``rank=None`` (exact dot products: every layer's
+    block gathered once for all batches), nothing is truncated and the scores are exact.
     ``kept``: the fraction of ``‖s‖²`` over the layers (all columns) that the truncation keeps.
     """
 
-    rank: int
+    rank: int | None
     t: int
     truncated: list[bool]
     left: list[torch.Tensor | None]
@@ -207,10 +208,14 @@ class LowRankQuery:
     kept: float
 
     @classmethod
-    def of(cls, layers: list[Layer], s: torch.Tensor, rank: int, positions: list[int]) -> LowRankQuery:
+    def of(cls, layers: list[Layer], s: torch.Tensor, rank: int | None = None, positions: list[int] | None = None) -> LowRankQuery:
+        """``positions``: each layer's L (:func:`layer_positions`), needed when ``rank`` is set."""
+        t = s.shape[1]
+        if rank is None:
+            return cls(None, t, [False] * len(layers), [None] * len(layers), [None] * len(layers),
+                       [layer.gather(s).reshape(t, -1) for layer in layers], 1.0)
         if rank < 1:
             raise ValueError(f"influence.query_rank={rank}: must be >= 1 (or null for exact dot products)")
-        t = s.shape[1]
         rows = s.T.contiguous()  # (t, p): every layer's weight block is then a contiguous (t, out, d0) view
         truncated, left, right, exact, kept, total = [], [], [], [], 0.0, 0.0
         for layer, n_pos in zip(layers, positions, strict=True):
@@ -250,36 +255,34 @@ def layer_positions(stage: Stage, params: torch.Tensor, layers: list[Layer]) -> 
     return [sum(layers[i].patches(a).shape[1] for a, _ in calls[i]) for i in range(len(layers))]
 
 
-def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], s: torch.Tensor | LowRankQuery,
-                     idx: torch.Tensor) -> torch.Tensor:
-    """``∇l(z_i)·s_t`` for the examples ``idx`` and every column of ``s`` (p, t), when every parameter sits in ``layers``.
+def per_example_dots(stage: Stage, params: torch.Tensor, layers: list[Layer], query: LowRankQuery, idx: torch.Tensor) -> torch.Tensor:
+    """``∇l(z_i)·s_t`` for the examples ``idx`` and every column of ``s`` (p, t, prepared once as
+    ``query = LowRankQuery.of(layers, s[, rank, positions])``), when every parameter sits in ``layers``.
 
     One forward with hooks and one backward of ``Σ_i l(z_i)`` (unweighted: each example's loss depends
     only on its own outputs, so the output gradients ``g_il`` are per example); then per layer the
     per-example gradient ``G_i = Σ_l g_il a_ilᵀ`` (out, d) and its products with the columns of ``s`` as
-    (out, d) matrices. With a :class:`LowRankQuery` in place of ``s``, its truncated layers take
-    ``Σ_l Σ_k (g_ilᵀ left)(a_ilᵀ right)`` instead, without forming ``G_i``. No vmap over examples; shape (t, len(idx)).
+    (out, d) matrices; the query's truncated layers take ``Σ_l Σ_k (g_ilᵀ left)(a_ilᵀ right)`` instead,
+    without forming ``G_i``. No vmap over examples; shape (t, len(idx)).
     """
     z, calls = _hooked_outputs(stage, params, layers, idx)
     with torch.enable_grad():
         losses = stage.loss(z, stage.y[idx])
     flat = [(i, a, out) for i, c in calls.items() for a, out in c]
     grads = torch.autograd.grad(losses.sum(), [out for _, _, out in flat], allow_unused=True)
-    low_rank = isinstance(s, LowRankQuery)
-    t = s.t if low_rank else s.shape[1]
+    t = query.t
     dots = torch.zeros(t, len(idx), dtype=params.dtype, device=params.device)
     for (i, a, _), g in zip(flat, grads, strict=True):
         if g is None:
             continue
         layer = layers[i]
         g, a = layer.output_grads(g), layer.patches(a)
-        if low_rank and s.truncated[i]:
-            prod = (g @ s.left[i]) * (a @ s.right[i])  # (n, L, t·r)
+        if query.truncated[i]:
+            prod = (g @ query.left[i]) * (a @ query.right[i])  # (n, L, t·r)
             dots += prod.sum(1).reshape(len(idx), t, -1).sum(2).T
             continue
         per_example = torch.einsum("nlo,nld->nod", g, a)
-        block = s.exact[i] if low_rank else layer.gather(s).reshape(t, -1)
-        dots += block @ per_example.reshape(len(idx), -1).T
+        dots += query.exact[i] @ per_example.reshape(len(idx), -1).T
     return dots
 
 

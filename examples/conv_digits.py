@@ -13,7 +13,8 @@ from __future__ import annotations
 from torch import nn
 
 from msif import Plugin, TwoStageData, TwoStageModel
-from msif.data import Split, load_digits_two_stage
+from msif.experiments.digits import load_digits_two_stage
+from msif.task.data import Split
 
 
 def load_data(config: dict) -> TwoStageData:

@@ -17,9 +17,12 @@ import torch
 import yaml
 from threadpoolctl import threadpool_limits
 
-from msif import io, steps
+from msif import io
 from msif.cli import validate_config
 from msif.config import for_seed
+from msif.steps import influence as influence_steps
+from msif.steps import train as train_steps
+from msif.steps import validation as validation_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,25 +74,25 @@ def run_scores(config: dict, root: Path, scenarios: list[str] | None = None) -> 
     scenarios = scenarios or config["scenarios"]
     solvers = config["influence"]["solvers"]
     with as_job("prepare_data"):
-        steps.prepare_data(config, str(p["data"]), n_test=config["influence"]["n_test"])
+        train_steps.prepare_data(config, str(p["data"]), n_test=config["influence"]["n_test"])
     with as_job("pretrain"):
-        steps.pretrain(config, str(p["data"]), str(p["pretrain"]))
+        train_steps.pretrain(config, str(p["data"]), str(p["pretrain"]))
     if "exact" in solvers:
         with as_job("pretrain_hessian"):
-            steps.run_pretrain_hessian(config, str(p["data"]), str(p["pretrain"]), str(p["hessian"]))
+            influence_steps.pretrain_hessian(config, str(p["data"]), str(p["pretrain"]), str(p["hessian"]))
     for s in scenarios:
         with as_job("finetune"):
-            steps.finetune(config, s, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)))
+            train_steps.finetune(config, s, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)))
         for so in solvers:
             with as_job("finetune_ihvp"):
-                steps.run_finetune_ihvp(config, s, so, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)),
+                influence_steps.finetune_ihvp(config, s, so, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)),
                                         str(p["finetune_ihvp"](s, so)))
             with as_job("pretrain_ihvp"):
-                steps.run_pretrain_ihvp(config, s, so, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)),
+                influence_steps.pretrain_ihvp(config, s, so, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)),
                                         str(p["finetune_ihvp"](s, so)), str(p["hessian"]) if so == "exact" else None,
                                         str(p["pretrain_ihvp"](s, so)))
             with as_job("scores"):
-                steps.run_scores(config, s, so, str(p["data"]), str(p["pretrain"]), str(p["pretrain_ihvp"](s, so)),
+                influence_steps.scores_shard(config, s, so, str(p["data"]), str(p["pretrain"]), str(p["pretrain_ihvp"](s, so)),
                                  str(p["scores"](s, so)))
     return p
 
@@ -101,22 +104,22 @@ def run_validation(config: dict, root: Path, scenarios: list[str] | None = None,
     ref = config["validation"]["reference_solver"]
     for s in scenarios:
         with as_job("removal_sets"):
-            steps.run_removal_sets(config, str(p["scores"](s, ref)), str(p["sets"](s)))
+            validation_steps.removal_sets(config, str(p["scores"](s, ref)), str(p["sets"](s)))
         spec = io.read_json(p["sets"](s))
         if set_ids is not None:  # one batch holding just these sets: a cheap partial fan-out
             spec["batches"] = [[i for i, x in enumerate(spec["sets"]) if x["set_id"] in set_ids]]
             io.write_json(p["sets"](s), spec)
         for b in range(len(spec["batches"])):
             with as_job("retrain"):
-                steps.run_retrain(config, s, b, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)), str(p["sets"](s)),
+                validation_steps.retrain(config, s, b, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)), str(p["sets"](s)),
                                   str(p["retrain"](s, b)))
         for rep in range(config["validation"]["noise_repeats"]):
             with as_job("noise_floor"):
-                steps.run_noise(config, s, rep, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)), str(p["noise"](s, rep)))
+                validation_steps.noise_floor(config, s, rep, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)), str(p["noise"](s, rep)))
     if set_ids is None:
         n_batches = {s: len(io.read_json(p["sets"](s))["batches"]) for s in scenarios}
         with as_job("compare"):
-            steps.run_compare(
+            validation_steps.compare(
                 config,
                 scores_paths={s: {so: str(p["scores"](s, so)) for so in config["influence"]["solvers"]} for s in scenarios},
                 sets_paths={s: str(p["sets"](s)) for s in scenarios},

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch.func import grad, hessian
 
-from msif.data import Split, TwoStageData
-from msif.models import mlp_model
-from msif.objectives import FinetuneObjective, PretrainObjective
-from msif.training import minimize
+from msif.task.data import Split, TwoStageData
+from msif.task.models import mlp_model
+from msif.task.objectives import FinetuneObjective, PretrainObjective
+from msif.task.training import minimize
 
 DT = torch.float64
 CPU = torch.device("cpu")
@@ -59,7 +59,7 @@ def finetuned(model, data: TwoStageData, w_pt: torch.Tensor, theta0: torch.Tenso
 def retrained_test_losses(model, data: TwoStageData, pt_params: torch.Tensor, ft_params: torch.Tensor, weights: torch.Tensor,
                           scenario: str, alpha: float, l2: float = 0.05) -> torch.Tensor:
     """Test losses after re-optimising both stages with pretraining weights c_i (warm starts)."""
-    from msif.objectives import finetune_losses
+    from msif.task.objectives import finetune_losses
 
     pt = PretrainObjective(model, data.pretrain, l2, weights)
     new_pt = newton_minimize(pt, minimize(pt, pt_params, grad_tol=1e-11).params)
@@ -87,7 +87,7 @@ def dense_ggn(objective, params: torch.Tensor) -> torch.Tensor:
     of the objective's loss part in the logits (n·C, n·C), ∇²r the Hessian of (objective − loss part)."""
     from torch.func import jacrev
 
-    from msif.objectives import PretrainObjective
+    from msif.task.objectives import PretrainObjective
 
     model = objective.model
     if isinstance(objective, PretrainObjective):

@@ -9,8 +9,9 @@ import torch
 
 from conftest import ROOT
 from msif import cli
-from msif.data import Split, TwoStageData
-from msif.experiment import Plugin, PluginError, build_model, get_plugin, load_data
+from msif.experiments.plugin import Plugin, PluginError
+from msif.experiments.registry import build_model, get_plugin, load_data
+from msif.task.data import Split, TwoStageData
 
 
 def readme_python_blocks() -> list[str]:
@@ -53,7 +54,7 @@ def bad_shapes_plugin() -> Plugin:
 
 
 def bad_model_plugin() -> Plugin:
-    from msif.models import mlp_model
+    from msif.task.models import mlp_model
 
     return Plugin("bad_model", get_plugin("digits").load_data, lambda config, data: mlp_model(64, [4], 7, 2))
 
@@ -131,7 +132,7 @@ def test_config_readme_matches_the_schema():
 def test_updated_at_alpha_is_scenario_b_with_its_own_alpha():
     """``updated@α`` builds the same finetuning objective as ``updated`` with finetune.alpha = α; bad names are refused."""
     import inprocess
-    from msif.experiment import Experiment
+    from msif.experiments.registry import Experiment
 
     cfg = inprocess.load_config(".test/config/config.yaml")
     exp = Experiment.from_config(cfg | {"finetune": cfg["finetune"] | {"alpha": 0.5}}, load_data(cfg))

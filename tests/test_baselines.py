@@ -3,8 +3,8 @@
 import torch
 from torch.func import grad, hessian
 
-from msif.baselines import baseline_scores
-from msif.objectives import finetune_losses, pretrain_losses
+from msif.influence.baselines import baseline_scores
+from msif.task.objectives import finetune_losses, pretrain_losses
 from oracles import finetuned, tiny_problem
 
 

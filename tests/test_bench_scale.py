@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from msif import bench_scale, datasets
+from msif.bench import scale as bench_scale
+from msif.experiments import datasets
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from msif.config import ConfigError, check_config
+from msif.config import check_config
+from msif.errors import ConfigError
 
 DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msif.experiment import resolve_device
-from msif.influence import multi_stage_influence
-from msif.objectives import FinetuneObjective, PretrainObjective
+from msif.experiments.registry import resolve_device
+from msif.influence.multi_stage import multi_stage_influence
+from msif.task.objectives import FinetuneObjective, PretrainObjective
 from oracles import finetuned, tiny_problem
 
 pytestmark = [

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.func import hessian
 
-from msif.curvature import Eigh, block_cg, cg, dense_matrix, exact_solve, hvp, lanczos_extremes, solve
+from msif.core.products import dense_matrix, hvp
+from msif.core.solvers import Eigh, block_cg, cg, exact_solve, lanczos_extremes, solve
 from oracles import tiny_problem
 
 
@@ -24,14 +25,14 @@ def test_hvp_and_dense_matrix_equal_autograd_hessian(pretrain_problem):
 
 def test_products_on_many_columns_are_chunked_and_equal(pretrain_problem, monkeypatch):
     """More columns than ``COLUMN_CHUNK`` are vmapped chunk by chunk (memory ∝ chunk, not t); same products."""
-    import msif.curvature
+    import msif.core.products
 
     pt, x = pretrain_problem
     h = hessian(pt)(x)
     v = torch.randn(x.numel(), 11, dtype=x.dtype, generator=torch.Generator().manual_seed(5))
     calls = []
-    monkeypatch.setattr(msif.curvature, "COLUMN_CHUNK", 4)
-    monkeypatch.setattr(msif.curvature, "vmap", lambda f, **kw: (lambda m: calls.append(m.shape[1]) or torch.func.vmap(f, **kw)(m)))
+    monkeypatch.setattr(msif.core.products, "COLUMN_CHUNK", 4)
+    monkeypatch.setattr(msif.core.products, "vmap", lambda f, **kw: (lambda m: calls.append(m.shape[1]) or torch.func.vmap(f, **kw)(m)))
     torch.testing.assert_close(hvp(pt, x)(v), h @ v, rtol=1e-10, atol=1e-12)
     assert calls == [4, 4, 3]
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from msif import datasets
-from msif.datasets import DataMissingError, load_fashion_mnist, load_mnist5k
+from msif.experiments import datasets
+from msif.experiments.datasets import DataMissingError, load_fashion_mnist, load_mnist5k
 
 
 def _needs(loader_check, what: str):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msif.data import DataError, Split
-from msif.image_classes import pooled, two_stage_from
+from msif.experiments.image_classes import pooled, two_stage_from
+from msif.task.data import DataError, Split
 
 
 def _images(n_per_class=20, classes=4):

@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 
-from msif import datasets
-from msif.config import ConfigError, check_config
-from msif.images import cnn_model, load_fashion_mnist_two_stage
-from msif.operators import Stage
+from msif.config import check_config
+from msif.errors import ConfigError
+from msif.experiments import datasets
+from msif.experiments.fashion_mnist import cnn_model, load_fashion_mnist_two_stage
+from msif.task.objectives import stage_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = yaml.safe_load((ROOT / "config/scale.yaml").read_text())
@@ -67,16 +68,16 @@ def test_scale_cnn_is_too_big_for_a_dense_hessian_and_has_conv_and_linear_layers
 
 def test_ekfac_sees_every_layer_of_the_cnn():
     """EK-FAC (fitted per stage) covers the Conv2d and both Linear layers of the pretraining stage."""
-    from msif.data import Split
-    from msif.kfac import EKFAC
-    from msif.objectives import PretrainObjective
+    from msif.core.ekfac import EKFAC
+    from msif.task.data import Split
+    from msif.task.objectives import PretrainObjective
 
     model = cnn_model([2], [4], [4], [3], 3, 2)
     gen = torch.Generator().manual_seed(0)
     pt = PretrainObjective(model, Split(torch.rand(12, 1, 28, 28, generator=gen), torch.randint(0, 3, (12,), generator=gen),
                                         torch.arange(12)), 0.01)
     params = torch.cat(model.init_params(0, torch.float32, torch.device("cpu"))[:2])
-    fit = EKFAC.fit(Stage.of(pt), params, batch_size=5)
+    fit = EKFAC.fit(stage_of(pt), params, batch_size=5)
     assert len(fit.layers) == 3  # Conv2d and Linear of the body, the Linear head U
     assert sum(layer.out * layer.d for layer in fit.layers) == params.numel() and not fit.other.any()
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from msif.influence import multi_stage_influence
+from msif.influence.multi_stage import multi_stage_influence
 from oracles import finetuned, finite_difference_upweight, retrained_test_losses, tiny_problem
 
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
-from msif.baselines import _pad, direct_w_gradient
-from msif.data import Split
-from msif.models import mlp_model
-from msif.objectives import FinetuneObjective, PretrainObjective
-from msif.peers import PeerModel, PeerProblem, peer_damping, routed_cross_entropy, to_removal_effect, total_damping
+from msif.bench.peers.align import PeerModel, PeerProblem, peer_damping, routed_cross_entropy, to_removal_effect, total_damping
+from msif.influence.baselines import _pad, direct_w_gradient
+from msif.task.data import Split
+from msif.task.models import mlp_model
+from msif.task.objectives import FinetuneObjective, PretrainObjective
 
 N, P, T = 9, 5, 3
 
@@ -160,9 +160,10 @@ def test_peer_model_pretraining_logits_and_routed_loss():
 @pytest.fixture(scope="module")
 def trained():
     """A tiny pretraining problem trained to its optimum, its msif exact scores on a few query examples."""
-    from msif.influence import removal_effect, upweight_influence
-    from msif.operators import stage_solve
-    from msif.training import minimize
+    from msif.influence.multi_stage import removal_effect
+    from msif.influence.scoring import upweight_influence
+    from msif.influence.stage_solve import stage_solve
+    from msif.task.training import minimize
 
     model, pt_params, *_ = _tiny("fixed")
     gen = torch.Generator().manual_seed(3)
@@ -183,7 +184,7 @@ def trained():
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")  # the peers' own
 @pytest.mark.parametrize("library", ["pydvl", "captum", "dattri"])
 def test_peer_exact_equals_msif_exact(trained, library, tmp_path):
-    from msif.bench_peers import PEER_MODULES, PEERS, Settings, default_dtype
+    from msif.bench.peers.run import PEER_MODULES, PEERS, Settings, default_dtype
 
     pytest.importorskip(PEER_MODULES[library])
     pb, exact = trained
@@ -198,7 +199,7 @@ def test_bench_tables_and_ratios_from_a_results_frame():
 
     import pandas as pd
 
-    from msif.bench_peers import COLUMNS, PeersMissing, markdown, ratios, require
+    from msif.bench.peers.run import COLUMNS, PeersMissing, markdown, ratios, require
 
     rows = [("pretrain", "cg", "msif", 1.0, 2.0), ("pretrain", "cg", "pydvl", 1.0, 8.0), ("pretrain", "cg", "dattri", 0.9, 1.0),
             ("pretrain", "ekfac", "msif", 0.7, 1.0), ("pretrain", "ekfac", "kronfluence", 0.6, 4.0)]

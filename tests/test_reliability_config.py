@@ -18,7 +18,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from conftest import ROOT, snakemake
-from msif.config import DIGITS_CLASS_COUNTS, ConfigError, check_config
+from msif.config import check_config
+from msif.errors import ConfigError
+from msif.experiments.digits import DIGITS_CLASS_COUNTS
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
 TINY = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import inprocess
-from msif import steps
-from msif.data import DataError, Split, TwoStageData, check_inputs, check_two_stage, split_by_classes
+from msif.steps import train as train_steps
+from msif.task.data import DataError, Split, TwoStageData, check_inputs, check_two_stage, split_by_classes
 
 TINY = inprocess.load_config(".test/config/config.yaml")  # defaults filled in, as the workflow does
 
@@ -104,8 +104,10 @@ def test_plugin_data_with_nan_fails_in_prepare_data_before_training(tmp_path, mo
     """A user's plug-in is checked like the built-in data: prepare_data raises, and writes nothing."""
     (tmp_path / "bad_plugin.py").write_text(textwrap.dedent('''
         import torch
-        from msif.data import Split, TwoStageData
-        from msif.experiment import Plugin, REGISTRY
+        from msif.task.data import Split, TwoStageData
+        from msif.experiments.plugin import Plugin
+        from msif.experiments.registry import BUILTIN
+        from msif.experiments.registry import BUILTIN
 
         def data(config):
             def split(n, start):
@@ -116,13 +118,13 @@ def test_plugin_data_with_nan_fails_in_prepare_data_before_training(tmp_path, mo
             return d
 
         def plugin():
-            return Plugin("bad_plugin", data, REGISTRY["digits"].build_model)
+            return Plugin("bad_plugin", data, BUILTIN["digits"].build_model)
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = copy.deepcopy(TINY) | {"experiment": "bad_plugin:plugin"}
     out = tmp_path / "results/data/splits.pt"
     with pytest.raises(DataError, match=re.escape("bad_plugin/finetune: non-finite (NaN/Inf) inputs at example ids [203, 211]")):
-        steps.prepare_data(cfg, str(out))
+        train_steps.prepare_data(cfg, str(out))
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
@@ -130,8 +132,10 @@ def test_n_test_beyond_a_plugins_test_split_fails_in_prepare_data(tmp_path, monk
     """The digits split sizes are checked at start (msif.config); a plug-in's only once its data are loaded."""
     (tmp_path / "small_plugin.py").write_text(textwrap.dedent('''
         import torch
-        from msif.data import Split, TwoStageData
-        from msif.experiment import Plugin, REGISTRY
+        from msif.task.data import Split, TwoStageData
+        from msif.experiments.plugin import Plugin
+        from msif.experiments.registry import BUILTIN
+        from msif.experiments.registry import BUILTIN
 
         def data(config):
             def split(n, start):
@@ -140,14 +144,14 @@ def test_n_test_beyond_a_plugins_test_split_fails_in_prepare_data(tmp_path, monk
             return TwoStageData(split(20, 0), split(10, 100), split(20, 200), split(3, 300))
 
         def plugin():
-            return Plugin("small_plugin", data, REGISTRY["digits"].build_model)
+            return Plugin("small_plugin", data, BUILTIN["digits"].build_model)
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = copy.deepcopy(TINY) | {"experiment": "small_plugin:plugin"}
     out = tmp_path / "results/data/splits.pt"
     with pytest.raises(DataError, match=re.escape("influence.n_test=4 exceeds the finetuning test split of experiment "
                                                   "'small_plugin:plugin' (3 examples); allowed 1..3")):
-        steps.prepare_data(cfg, str(out), n_test=4)
+        train_steps.prepare_data(cfg, str(out), n_test=4)
     assert not out.exists()
-    steps.prepare_data(cfg, str(out), n_test=3)
+    train_steps.prepare_data(cfg, str(out), n_test=3)
     assert out.exists()

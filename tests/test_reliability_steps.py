@@ -21,8 +21,14 @@ import torch
 import inprocess
 import msif
 from conftest import ROOT
-from msif import health, io, report, steps
-from msif.training import TrainingError, minimize
+from msif import io
+from msif.report import page as report
+from msif.steps import common as common_steps
+from msif.steps import influence as influence_steps
+from msif.steps import train as train_steps
+from msif.steps import validation as validation_steps
+from msif.task.training import TrainingError, minimize
+from msif.validation import health
 
 TINY = inprocess.load_config(".test/config/config.yaml")  # defaults filled in, as the workflow does
 
@@ -67,7 +73,7 @@ def test_diverging_training_is_named_and_writes_nothing(steps_copy, caplog):
     root, p = steps_copy
     out = root / "diverged.pt"
     with pytest.raises(TrainingError, match=r"^pretrain: objective became non-finite \(-inf\) during L-BFGS: training diverged"):
-        steps.pretrain(cfg_with(**{"pretrain.l2": -10.0}), str(p["data"]), str(out))
+        train_steps.pretrain(cfg_with(**{"pretrain.l2": -10.0}), str(p["data"]), str(out))
     assert not out.exists() and not list(root.glob(".diverged.pt.*"))
 
 
@@ -82,21 +88,21 @@ def test_saddle_and_indefinite_hessian_are_recorded_and_too_little_damping_fails
     root, p = steps_copy
     cfg = cfg_with(**{"training.max_iter": 1})
     with caplog.at_level(logging.WARNING, logger="msif"):
-        steps.pretrain(cfg, str(p["data"]), str(p["pretrain"]))
-        steps.run_pretrain_hessian(cfg, str(p["data"]), str(p["pretrain"]), str(p["hessian"]))
+        train_steps.pretrain(cfg, str(p["data"]), str(p["pretrain"]))
+        influence_steps.pretrain_hessian(cfg, str(p["data"]), str(p["pretrain"]), str(p["hessian"]))
     problems = meta(p["hessian"])["problems"]
     assert any(x.startswith("pretrain: not converged (gradient norm") for x in problems), problems
     assert any(x.startswith("pretrain: saddle point (smallest Hessian eigenvalue -") for x in problems), problems
     assert any(x.startswith("pretrain_hessian: H + λI not positive definite") for x in problems), problems
     assert all(f"problem: {x}" in caplog.text for x in problems)
-    steps.finetune(cfg, "fixed", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")))
+    train_steps.finetune(cfg, "fixed", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")))
     damped = cfg_with(**{"training.max_iter": 1, "influence.damping": 0.5})  # too little: H's lowest eigenvalue is about -1.6
-    steps.run_finetune_ihvp(damped, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")),
+    influence_steps.finetune_ihvp(damped, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")),
                             str(p["finetune_ihvp"]("fixed", "exact")))
     lowest = meta(p["hessian"])["min_eigenvalue"]
     caplog.clear()
     with pytest.raises(ValueError, match=r"H \+ λI is not positive definite: smallest eigenvalue .*damping λ=0\.5"):
-        steps.run_pretrain_ihvp(damped, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")),
+        influence_steps.pretrain_ihvp(damped, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")),
                                 str(p["finetune_ihvp"]("fixed", "exact")), str(p["hessian"]), str(root / "never.pt"))
     assert "pretrain_ihvp[fixed,exact] failed: H + λI is not positive definite" in caplog.text
     assert lowest + 0.5 < 0 and not (root / "never.pt").exists()
@@ -111,21 +117,21 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
                       "influence.fail_on_bad_solve": False})
     d, pt, ft = str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed"))
     with caplog.at_level(logging.WARNING, logger="msif"):
-        steps.run_finetune_ihvp(cfg, "fixed", "cg", d, pt, ft, str(p["finetune_ihvp"]("fixed", "cg")))
-        steps.run_pretrain_ihvp(cfg, "fixed", "cg", d, pt, ft, str(p["finetune_ihvp"]("fixed", "cg")), None,
+        influence_steps.finetune_ihvp(cfg, "fixed", "cg", d, pt, ft, str(p["finetune_ihvp"]("fixed", "cg")))
+        influence_steps.pretrain_ihvp(cfg, "fixed", "cg", d, pt, ft, str(p["finetune_ihvp"]("fixed", "cg")), None,
                                 str(p["pretrain_ihvp"]("fixed", "cg")))
-        steps.run_scores(cfg, "fixed", "cg", d, pt, str(p["pretrain_ihvp"]("fixed", "cg")), str(p["scores"]("fixed", "cg")))
+        influence_steps.scores_shard(cfg, "fixed", "cg", d, pt, str(p["pretrain_ihvp"]("fixed", "cg")), str(p["scores"]("fixed", "cg")))
     problems = meta(p["scores"]("fixed", "cg"))["problems"]
     assert problems[0].startswith("finetune_ihvp[fixed,cg]: relative residual") and "> influence.max_residual 1e-06" in problems[0]
     assert any(x.startswith("pretrain_ihvp[fixed,cg]: relative residual") for x in problems), problems
     assert "problem: finetune_ihvp[fixed,cg]: relative residual" in caplog.text
     assert meta(p["scores"]("fixed", "exact"))["problems"] == []
     with pytest.raises(RuntimeError, match=r"finetune_ihvp\[fixed,cg\]: relative residual .* > influence\.max_residual"):
-        steps.run_finetune_ihvp(cfg | {"influence": cfg["influence"] | {"fail_on_bad_solve": True}}, "fixed", "cg", d, pt, ft,
+        influence_steps.finetune_ihvp(cfg | {"influence": cfg["influence"] | {"fail_on_bad_solve": True}}, "fixed", "cg", d, pt, ft,
                                 str(root / "never.pt"))
 
     # leave-k-out rows: removal sets from the exact scores, retraining faked except one set that diverges
-    steps.run_removal_sets(cfg, str(p["scores"]("fixed", "exact")), str(p["sets"]("fixed")))
+    validation_steps.removal_sets(cfg, str(p["scores"]("fixed", "exact")), str(p["sets"]("fixed")))
     spec = io.read_json(p["sets"]("fixed"))
     spec["batches"] = [list(range(len(spec["sets"])))]
     io.write_json(p["sets"]("fixed"), spec)
@@ -141,9 +147,9 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
 
     fake = lambda *args, **kwargs: Fake()  # noqa: E731
     mp = pytest.MonkeyPatch()
-    mp.setattr(steps, "retrain_both_stages", fake)
+    mp.setattr(validation_steps, "retrain_both_stages", fake)
     try:
-        steps.run_retrain(cfg, "fixed", 0, d, pt, ft, str(p["sets"]("fixed")), str(p["retrain"]("fixed", 0)))
+        validation_steps.retrain(cfg, "fixed", 0, d, pt, ft, str(p["sets"]("fixed")), str(p["retrain"]("fixed", 0)))
     finally:
         mp.undo()
     retrain = pd.read_csv(p["retrain"]("fixed", 0))
@@ -151,7 +157,7 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
     assert np.isnan(retrain.loc[3, "actual"]) and (retrain.drop(index=3)["flag"] == "ok").all(), retrain.to_string()
     io.write_text(p["noise"]("fixed", 0), "scenario,rep,test_index,actual,flag\nfixed,0,0,1e-12,ok\nfixed,0,1,-1e-12,ok\n")
     cfg = cfg | {"scenarios": ["fixed"]}
-    steps.run_compare(cfg, scores_paths={"fixed": {so: str(p["scores"]("fixed", so)) for so in ("exact", "cg")}},
+    validation_steps.compare(cfg, scores_paths={"fixed": {so: str(p["scores"]("fixed", so)) for so in ("exact", "cg")}},
                       sets_paths={"fixed": str(p["sets"]("fixed"))}, retrain_paths={"fixed": [str(p["retrain"]("fixed", 0))]},
                       noise_paths={"fixed": [str(p["noise"]("fixed", 0))]}, leave_k_out_out=str(p["leave_k_out"]),
                       summary_out=str(p["summary"]))
@@ -166,7 +172,7 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
     assert np.isfinite(summary.pearson).all()  # the diverged row is kept in the table, left out of the correlations
     html_path = root / "report.html"
     run = root / "results" / TINY["run"]  # one seed: the run's tables are that seed's
-    steps.run_aggregate([TINY["seed"]], 10, [str(p["leave_k_out"])], [str(p["summary"])], [],
+    validation_steps.aggregate([TINY["seed"]], 10, [str(p["leave_k_out"])], [str(p["summary"])], [],
                         *(str(run / f"validation/{t}.csv") for t in ("leave_k_out", "summary", "lds")))
     report.write_report(cfg | {"report": {"example_tests": 0, "top": 1}}, str(run), str(html_path))
     html = html_path.read_text()
@@ -185,7 +191,7 @@ def test_non_finite_scores_name_the_pretraining_examples(steps_copy):
     io.save_tensors(p["pretrain_ihvp"]("fixed", "exact"), art, args=meta(p["pretrain_ihvp"]("fixed", "exact"))["args"])
     ids = io.load_tensors(p["data"])["pretrain.ids"][:20].tolist()
     with pytest.raises(RuntimeError, match=rf"scores\[fixed,exact\]: non-finite values for pretraining example ids \[{ids[0]}, {ids[1]},"):
-        steps.run_scores(TINY, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["pretrain_ihvp"]("fixed", "exact")),
+        influence_steps.scores_shard(TINY, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["pretrain_ihvp"]("fixed", "exact")),
                          str(root / "never.pt"))
 
 
@@ -231,13 +237,13 @@ def test_artifact_of_other_arguments_is_refused(steps_copy):
     root, p = steps_copy
     with pytest.raises(io.ArtifactMismatch, match=r"pretrain\.pt was computed under other arguments \(pretrain: on disk \{'l2': 0\.05\}, "
                                                   r"expected \{'l2': 0\.1\}\); recompute it"):
-        steps.finetune(cfg_with(**{"pretrain.l2": 0.1}), "fixed", str(p["data"]), str(p["pretrain"]), str(root / "never.pt"))
+        train_steps.finetune(cfg_with(**{"pretrain.l2": 0.1}), "fixed", str(p["data"]), str(p["pretrain"]), str(root / "never.pt"))
     with pytest.raises(io.ArtifactMismatch, match=r"splits\.pt was computed under other arguments \(seed: on disk 0, expected 1\)"):
-        steps.pretrain(cfg_with(seed=1), str(p["data"]), str(root / "never.pt"))
+        train_steps.pretrain(cfg_with(seed=1), str(p["data"]), str(root / "never.pt"))
     shutil.copy(p["finetune_ihvp"]("updated", "exact"), root / "other.pt")
     shutil.copy(io.sidecar(p["finetune_ihvp"]("updated", "exact")), io.sidecar(root / "other.pt"))
     with pytest.raises(io.ArtifactMismatch, match=r"scenario: on disk 'updated', expected 'fixed'"):
-        steps.run_pretrain_ihvp(TINY, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")),
+        influence_steps.pretrain_ihvp(TINY, "fixed", "exact", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")),
                                 str(root / "other.pt"), str(p["hessian"]), str(root / "never.pt"))
     assert not (root / "never.pt").exists()
 
@@ -260,14 +266,18 @@ def test_tensor_file_not_matching_its_sidecar_is_refused(steps_copy):
 # Loads in msif.steps that cannot check arguments: the caller's config holds no key the artifact was computed under.
 LOADS_WITHOUT_ARGS = {
     "_method_scores": "compare gets only seed and validation keys; the scores' sidecar problems are read instead",
-    "run_lds_subsets": "only the pretraining set size is read (could pass {'seed': ...})",
+    "load_scores": "text: TracIn scores read by case_deletion_sets, whose params hold only seed and tracin.ks",
+    "case_deletion_retrain": "text: its params are the SGD run's, not the tracin_scores job's",
+    "lds_subsets": "only the pretraining set size is read (could pass {'seed': ...})",
 }
 
 
 def test_every_load_in_steps_checks_arguments():
-    tree = ast.parse((ROOT / "src/msif/steps.py").read_text())
     unchecked = []
-    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+    functions = [n for path in sorted((ROOT / "src/msif/steps").glob("*.py")) for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.FunctionDef)]
+    assert len(functions) > 20, "the steps modules were not found"
+    for fn in functions:
         for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
             f = call.func
             if isinstance(f, ast.Attribute) and f.attr == "load_tensors" and len(call.args) < 2 and not any(
@@ -304,9 +314,7 @@ def test_temporary_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path
 
 WRITE_CALLS = {"save", "write_text", "write_bytes", "to_csv", "to_parquet", "dump", "savefig", "to_html", "to_json", "imwrite"}
 # Modules that are not part of the workflow (their files are not workflow outputs), with the reason.
-NOT_WORKFLOW = {"bench.py": "the solver benchmark CLI (python -m msif.bench, make bench) writes its own tables",
-                "bench_scale.py": "the scale benchmark CLI (make bench-scale) writes its own tables",
-                "bench_peers.py": "the peers benchmark CLI (make bench-peers) writes its own tables"}
+NOT_WORKFLOW = {"bench": "the benchmark CLIs (make bench, bench-scale, bench-peers) write their own tables"}
 
 
 def test_only_msif_io_writes_files():
@@ -317,8 +325,10 @@ def test_only_msif_io_writes_files():
     and ``savefig(buf)`` into an in-memory buffer named ``buf`` are not writes.
     """
     offenders = []
-    for path in sorted((ROOT / "src/msif").glob("*.py")):
-        if path.name == "io.py" or path.name in NOT_WORKFLOW:
+    paths = sorted((ROOT / "src/msif").rglob("*.py"))
+    assert len(paths) > 30, "the package's modules were not found"
+    for path in paths:
+        if path.name == "io.py" or path.relative_to(ROOT / "src/msif").parts[0] in NOT_WORKFLOW:
             continue
         for call in (n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)):
             f = call.func
@@ -385,12 +395,12 @@ def test_another_seed_changes_scores_and_removal_sets(tiny_steps, tmp_path):
     q = inprocess.run_scores(cfg_with(seed=1), tmp_path, scenarios=["fixed"])
     a, b = io.load_tensors(p["scores"]("fixed", "exact")), io.load_tensors(q["scores"]("fixed", "exact"))
     assert not torch.equal(a["pretrain_ids"], b["pretrain_ids"]) and not torch.equal(a["scores"], b["scores"])
-    steps.run_removal_sets(TINY, str(p["scores"]("fixed", "exact")), str(tmp_path / "sets0.json"))
-    steps.run_removal_sets(cfg_with(seed=1), str(q["scores"]("fixed", "exact")), str(tmp_path / "sets1.json"))
+    validation_steps.removal_sets(TINY, str(p["scores"]("fixed", "exact")), str(tmp_path / "sets0.json"))
+    validation_steps.removal_sets(cfg_with(seed=1), str(q["scores"]("fixed", "exact")), str(tmp_path / "sets1.json"))
     members = [[s["members"] for s in io.read_json(tmp_path / f"sets{i}.json")["sets"]] for i in (0, 1)]
     assert members[0] != members[1]
     with pytest.raises(io.ArtifactMismatch, match=r"seed: on disk 0, expected 1"):  # seed-0 scores, seed-1 removal sets
-        steps.run_removal_sets(cfg_with(seed=1), str(p["scores"]("fixed", "exact")), str(tmp_path / "never.json"))
+        validation_steps.removal_sets(cfg_with(seed=1), str(p["scores"]("fixed", "exact")), str(tmp_path / "never.json"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -400,26 +410,26 @@ def test_another_seed_changes_scores_and_removal_sets(tiny_steps, tmp_path):
 def test_training_from_scratch_reproduces_the_run_from_its_own_seed_and_the_seed_noise_is_recorded(tiny_steps, tmp_path):
     """From the run's own initialisation, training both stages from scratch lands on the run's test losses; the
     'seed' noise job starts from another seed and records the change with its kind."""
-    from msif.retraining import retrain_from_scratch, test_losses
+    from msif.validation.retraining import retrain_from_scratch, test_losses
 
     _, p = tiny_steps
-    exp, pt, _, ft, ft_params = steps._load_stages(TINY, "updated", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")))
+    exp, pt, _, ft, ft_params = common_steps.load_stages(TINY, "updated", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")))
     base = test_losses(ft, ft_params, exp.test)
     own = retrain_from_scratch(pt, ft, exp.init_params(), exp.test, 1e-10, 10_000)
     assert torch.allclose(own.test_losses, base, rtol=0, atol=1e-8), (own.test_losses - base).abs().max()
     out = tmp_path / "seed0.csv"
-    steps.run_noise(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="seed")
+    validation_steps.noise_floor(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="seed")
     rows = pd.read_csv(out)
     assert set(rows.kind) == {"seed"} and len(rows) == TINY["influence"]["n_test"] and np.isfinite(rows.actual).all()
-    assert steps.noise_seed(0, "seed", "updated", 0) not in {0, steps.noise_seed(0, "warm", "updated", 0), steps.noise_seed(0, "seed", "fixed", 0)}
+    assert validation_steps.noise_seed(0, "seed", "updated", 0) not in {0, validation_steps.noise_seed(0, "warm", "updated", 0), validation_steps.noise_seed(0, "seed", "fixed", 0)}
     with pytest.raises(ValueError, match=r"noise kind 'cold': allowed \['warm', 'seed'\]"):
-        steps.run_noise(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="cold")
+        validation_steps.noise_floor(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="cold")
 
 
 def test_a_diverged_lds_retraining_keeps_its_rows_flagged_and_the_job_finishes(tiny_steps, tmp_path):
     _, p = tiny_steps
     subsets = tmp_path / "lds_subsets.json"
-    steps.run_lds_subsets(TINY, str(p["data"]), str(subsets))
+    validation_steps.lds_subsets(TINY, str(p["data"]), str(subsets))
     n_test, calls = TINY["influence"]["n_test"], []
 
     class Fake:  # the second subset diverges
@@ -432,8 +442,8 @@ def test_a_diverged_lds_retraining_keeps_its_rows_flagged_and_the_job_finishes(t
 
     out = tmp_path / "batch0.csv"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(steps, "retrain_both_stages", lambda *a, **k: Fake())
-        steps.run_lds_retrain(TINY, "fixed", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")), str(subsets), str(out))
+        mp.setattr(validation_steps, "retrain_both_stages", lambda *a, **k: Fake())
+        validation_steps.lds_retrain(TINY, "fixed", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("fixed")), str(subsets), str(out))
     rows = pd.read_csv(out)
     j = io.read_json(subsets)["batches"][0][1]
     bad = rows[rows.subset_id == j]

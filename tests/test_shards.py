@@ -11,12 +11,14 @@ import itertools
 import pytest
 import torch
 
-from msif import io, steps
-from msif.data import Split, TwoStageData
-from msif.images import cnn_model
-from msif.influence import merge_shards, removal_effect, shard_rows, upweight_influence, upweight_influence_jvp
-from msif.models import mlp_model
-from msif.objectives import PretrainObjective, pretrain_losses
+from msif import io
+from msif.experiments.fashion_mnist import cnn_model
+from msif.influence.multi_stage import removal_effect
+from msif.influence.scoring import merge_shards, shard_rows, upweight_influence, upweight_influence_jvp
+from msif.steps import influence as influence_steps
+from msif.task.data import Split, TwoStageData
+from msif.task.models import mlp_model
+from msif.task.objectives import PretrainObjective, pretrain_losses, stage_of
 
 
 def looped_upweight(pt: PretrainObjective, params: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -120,7 +122,7 @@ def test_workflow_shards_merge_to_the_unsharded_scores(tiny_run, tmp_path):
         assert "shards" not in args["influence"]  # the merged matrix does not depend on how it was sharded
         config = {**args, "device": "cpu", "influence": {**args["influence"], "shards": 1}}
         out = tmp_path / f"{scenario}.pt"
-        steps.run_scores(config, scenario, "exact", str(seed_dir / "data" / "splits.pt"), str(seed_dir / "train" / "pretrain.pt"),
+        influence_steps.scores_shard(config, scenario, "exact", str(seed_dir / "data" / "splits.pt"), str(seed_dir / "train" / "pretrain.pt"),
                          str(d / "pretrain_ihvp.pt"), str(out))
         merged, unsharded = io.load_tensors(d / "scores.pt"), io.load_tensors(out)
         for key in ("scores", "test_ids", "pretrain_ids"):
@@ -142,8 +144,7 @@ def test_low_rank_query_is_the_truncated_query_and_exact_at_full_rank():
     """``query_rank=r``: each layer block of every column of s replaced by its best rank-r approximation (truncated
     SVD) where that saves arithmetic, then the exact dot products (looped oracle) — computed without per-example
     gradients; at full rank it is the exact score."""
-    from msif.kfac import LowRankQuery, find_layers, layer_positions
-    from msif.operators import Stage
+    from msif.core.layers import LowRankQuery, find_layers, layer_positions
 
     gen = torch.Generator().manual_seed(2)
     x, y = torch.rand(13, 1, 28, 28, dtype=torch.float64, generator=gen), torch.randint(0, 3, (13,), generator=gen)
@@ -152,7 +153,7 @@ def test_low_rank_query_is_the_truncated_query_and_exact_at_full_rank():
     w, u, _ = model.init_params(0, torch.float64, torch.device("cpu"))
     params = torch.cat([w, u])
     s = torch.randn(params.numel(), 4, dtype=torch.float64, generator=gen)
-    stage = Stage.of(pt)
+    stage = stage_of(pt)
     layers = find_layers(stage)[0]
     positions = layer_positions(stage, params, layers)
     assert positions == [16, 1, 1]

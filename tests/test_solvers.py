@@ -18,27 +18,15 @@ import yaml
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
-from msif.curvature import (
-    ArnoldiOptions,
-    CGOptions,
-    EKFACOptions,
-    LissaOptions,
-    NonFiniteError,
-    PCGOptions,
-    arnoldi,
-    cg,
-    dense_matrix,
-    ekfac_solve,
-    lissa,
-    solve,
-    stage_solvers,
-)
-from msif.data import Split
-from msif.influence import finetune_ihvp
-from msif.kfac import EKFAC
-from msif.models import TwoStageModel
-from msif.objectives import PretrainObjective
-from msif.operators import Stage, stage_solve
+from msif.arguments import ArnoldiOptions, CGOptions, EKFACOptions, LissaOptions, PCGOptions, stage_solvers
+from msif.core.ekfac import EKFAC
+from msif.core.products import NonFiniteError, dense_matrix
+from msif.core.solvers import arnoldi, cg, ekfac_solve, lissa, solve
+from msif.influence.multi_stage import finetune_ihvp
+from msif.influence.stage_solve import stage_solve
+from msif.task.data import Split
+from msif.task.models import TwoStageModel
+from msif.task.objectives import PretrainObjective, stage_of
 from oracles import DT, dense_ggn, finetuned, one_layer_ekfac, tiny_problem
 
 
@@ -65,7 +53,7 @@ def dense_solve(obj, x, b, damping, curvature="hessian"):
 def test_stage_decomposition_equals_the_objective(problem, stage):
     _, _, stages = problem
     obj, x = stages[stage]
-    st = Stage.of(obj)
+    st = stage_of(obj)
     torch.testing.assert_close(st(x), obj(x), rtol=1e-14, atol=1e-14)
     v = rhs(x.numel(), 2)
     torch.testing.assert_close(st.matvec(x, "hessian", torch.arange(st.n))(v), hessian(obj)(x) @ v, rtol=1e-10, atol=1e-12)
@@ -76,7 +64,7 @@ def test_ggn_equals_dense_jt_h_j(problem, stage):
     _, _, stages = problem
     obj, x = stages[stage]
     g = dense_ggn(obj, x)
-    torch.testing.assert_close(dense_matrix(Stage.of(obj).matvec(x, "ggn"), x.numel(), x), g, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dense_matrix(stage_of(obj).matvec(x, "ggn"), x.numel(), x), g, rtol=1e-10, atol=1e-12)
     assert torch.linalg.eigvalsh(g).min() > 0  # PSD + the L2 / proximal term
 
 
@@ -100,7 +88,7 @@ def test_lissa_full_batch_converges_at_the_contraction_rate(problem):
     scale = 1.05 * float(ev[-1] + damping)
     depth = math.ceil(math.log(1e-9) / math.log(1 - float(ev[0] + damping) / scale))
     b = rhs(x.numel())
-    out = lissa(Stage.of(obj).matvec(x), b, damping, scale=scale, depth=depth, tol=1e-6)
+    out = lissa(stage_of(obj).matvec(x), b, damping, scale=scale, depth=depth, tol=1e-6)
     torch.testing.assert_close(out.x, dense_solve(obj, x, b, damping), rtol=1e-6, atol=1e-8)
     assert out.info["converged"] and out.residual.max() <= 1e-6 and out.info["hvps"] == depth * 3
 
@@ -109,7 +97,7 @@ def test_lissa_full_batch_converges_at_the_contraction_rate(problem):
 def test_minibatch_curvature_is_unbiased(problem, curvature):
     """The mean of the mini-batch curvatures over a partition into equal halves is the full curvature."""
     obj, x = problem[2]["pretrain"]
-    st = Stage.of(PretrainObjective(obj.model, obj.data, obj.l2, torch.linspace(0.5, 1.5, obj.n, dtype=DT)))
+    st = stage_of(PretrainObjective(obj.model, obj.data, obj.l2, torch.linspace(0.5, 1.5, obj.n, dtype=DT)))
     half = torch.randperm(st.n, generator=torch.Generator().manual_seed(0)).reshape(2, -1)
     v = rhs(x.numel(), 2)
     mean = 0.5 * (st.matvec(x, curvature, half[0])(v) + st.matvec(x, curvature, half[1])(v))
@@ -130,7 +118,7 @@ def test_lissa_on_mini_batches_is_loose_but_close(problem):
 
 def test_lissa_reports_divergence_as_non_finite(problem):
     obj, x = problem[2]["pretrain"]
-    out = lissa(Stage.of(obj).matvec(x), rhs(x.numel(), 2), 0.0, scale=1e-3, depth=2000)
+    out = lissa(stage_of(obj).matvec(x), rhs(x.numel(), 2), 0.0, scale=1e-3, depth=2000)
     assert not out.info["converged"] and out.info["non_finite_columns"] == [0, 1]
     assert torch.isnan(out.residual).all()
 
@@ -142,7 +130,7 @@ def test_arnoldi_equals_the_dense_solve_on_the_top_eigenspace(problem):
     top = vec[:, torch.argsort(ev.abs(), descending=True)[:rank]]
     b = rhs(x.numel())
     proj = top @ torch.diag(1 / (top.T @ hessian(obj)(x) @ top).diagonal().add(damping)) @ top.T @ b
-    out = arnoldi(Stage.of(obj).matvec(x), b, damping, rank=rank, iters=x.numel())
+    out = arnoldi(stage_of(obj).matvec(x), b, damping, rank=rank, iters=x.numel())
     torch.testing.assert_close(out.x, proj, rtol=1e-6, atol=1e-9)
     outside = (b - top @ (top.T @ b)).norm(dim=0) / b.norm(dim=0)
     torch.testing.assert_close(out.residual, outside, rtol=1e-5, atol=1e-8)  # ‖(I − P_r) b‖/‖b‖: loose by design
@@ -155,13 +143,13 @@ def test_ekfac_equals_dense_kfac_with_eigenvalue_correction_on_one_layer(problem
     ft, theta = stages["fixed"]
     feats = model.features(ft.w_pt, data.finetune.x)
     oracle = one_layer_ekfac(feats, model.ft_logits(ft.w_pt, theta, data.finetune.x), None, ft.l2)
-    fit = EKFAC.fit(Stage.of(ft), theta, batch_size=7)
+    fit = EKFAC.fit(stage_of(ft), theta, batch_size=7)
     assert fit.info["layers"] == ["ft_head"] and fit.info["unsupported"] == []
     b = rhs(theta.numel())
     for damping in (0.0, 1e-2):
         want = torch.linalg.solve(oracle + damping * torch.eye(theta.numel(), dtype=DT), b)
         torch.testing.assert_close(fit.solve(b, damping), want, rtol=1e-9, atol=1e-11)
-    out = ekfac_solve(Stage.of(ft).matvec(theta), b, 0.0, fit)
+    out = ekfac_solve(stage_of(ft).matvec(theta), b, 0.0, fit)
     torch.testing.assert_close(out.residual, (hessian(ft)(theta) @ out.x - b).norm(dim=0) / b.norm(dim=0))
 
 
@@ -181,7 +169,7 @@ def check_ekfac_against_dense_ggn(obj, x, fit, reg_of):
     the solve inverts ``Σ_layers E (Λ + ρ) Eᵀ`` (+ ρ on the rest)."""
     p = x.numel()
     g = dense_ggn(obj, x)
-    reg = torch.diagonal(hessian(lambda q: obj(q))(x) - hessian(lambda q: obj(q) - Stage.of(obj).reg(q))(x))
+    reg = torch.diagonal(hessian(lambda q: obj(q))(x) - hessian(lambda q: obj(q) - stage_of(obj).reg(q))(x))
     approx = torch.diag(reg.clone())
     for layer in fit.layers:
         e = kronecker_basis(layer, p)
@@ -200,7 +188,7 @@ def test_ekfac_on_two_layers_and_the_proximal_block(problem):
     """Scenario B finetuning is over (Θ, W): λ_ft on Θ's layer, α on the body's layers."""
     _, _, stages = problem
     ft, x = stages["updated"]
-    fit = EKFAC.fit(Stage.of(ft), x, batch_size=64)
+    fit = EKFAC.fit(stage_of(ft), x, batch_size=64)
     assert fit.info["layers"] == ["ft_head", "body.0"]
     check_ekfac_against_dense_ggn(ft, x, fit, lambda name: ft.l2 if name == "ft_head" else ft.alpha)
 
@@ -223,7 +211,7 @@ def conv_objective(model: TwoStageModel, n: int = 9):
 def test_ekfac_conv2d_factors_and_eigenvalues():
     model = conv_model()
     pt, x = conv_objective(model)
-    st = Stage.of(pt)
+    st = stage_of(pt)
     fit = EKFAC.fit(st, x, batch_size=4)
     assert fit.info["layers"] == ["body.0", "body.3", "pt_head"]
     check_ekfac_against_dense_ggn(pt, x, fit, lambda name: pt.l2)
@@ -257,7 +245,7 @@ def test_ekfac_conv2d_factors_and_eigenvalues():
 def test_ekfac_treats_unsupported_parameters_with_damping_only():
     model = conv_model(extra=nn.LayerNorm(3))
     pt, x = conv_objective(model)
-    fit = EKFAC.fit(Stage.of(pt), x, batch_size=9)
+    fit = EKFAC.fit(stage_of(pt), x, batch_size=9)
     assert fit.info["unsupported"] == ["body.5.weight", "body.5.bias"]
     b = rhs(x.numel(), 2)
     other = torch.nonzero(fit.other).flatten()
@@ -267,7 +255,7 @@ def test_ekfac_treats_unsupported_parameters_with_damping_only():
 @pytest.fixture(scope="module")
 def trained_conv():
     """The conv model's pretraining objective at its optimum (where the Hessian is positive definite)."""
-    from msif.training import minimize
+    from msif.task.training import minimize
 
     pt, x = conv_objective(conv_model())
     return pt, minimize(pt, x, 1e-10, 2000).params
@@ -366,11 +354,11 @@ def test_workflow_accepts_per_stage_solver_names(tmp_path, workflow_dir):
 
 
 def test_ekfac_eigenvalue_correction_in_chunks_is_the_same(monkeypatch):
-    import msif.kfac
+    import msif.core.ekfac
 
     pt, x = conv_objective(conv_model())
-    whole = EKFAC.fit(Stage.of(pt), x, batch_size=9)
-    monkeypatch.setattr(msif.kfac, "CHUNK_ELEMENTS", 1)  # one example at a time
-    chunked = EKFAC.fit(Stage.of(pt), x, batch_size=9)
+    whole = EKFAC.fit(stage_of(pt), x, batch_size=9)
+    monkeypatch.setattr(msif.core.ekfac, "CHUNK_ELEMENTS", 1)  # one example at a time
+    chunked = EKFAC.fit(stage_of(pt), x, batch_size=9)
     for a, b in zip(whole.layers, chunked.layers, strict=True):
         torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-12, atol=1e-15)

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from msif.tables import markdown, paper_summary
+from msif.report.tables import markdown, paper_summary
 
 
 def _summary(seeds):
@@ -38,7 +38,7 @@ def test_one_seed_run_keeps_its_rows():
 def test_additivity_table_reports_relative_error_per_k_and_per_test_pearson():
     import re
 
-    from msif.report import additivity_tables
+    from msif.report.page import additivity_tables
 
     rows = []
     for t in (1, 2):

@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from msif.data import Split, TwoStageData
-from msif.influence import multi_stage_influence
-from msif.objectives import PretrainObjective
-from msif.text import PAD, build_vocab, chunks, encode, pad, text_model, tokenize
-from msif.training import minimize
+from msif.experiments.text import PAD, build_vocab, chunks, encode, pad, text_model, tokenize
+from msif.influence.multi_stage import multi_stage_influence
+from msif.task.data import Split, TwoStageData
+from msif.task.objectives import PretrainObjective
+from msif.task.training import minimize
 from oracles import finetuned, finite_difference_upweight, newton_minimize
 
 DT = torch.float64
@@ -46,7 +46,7 @@ def _have_text_data() -> bool:
 
 @pytest.mark.skipif(not _have_text_data() and not os.environ.get("CI"), reason="text data wheels not installed (envs/requirements-data.txt)")
 def test_text_data_is_deterministic_balanced_with_stable_ids():
-    from msif.text import detokenize, load_text_two_stage
+    from msif.experiments.text import detokenize, load_text_two_stage
 
     t = {"vocab_size": 200, "min_count": 20, "chunk_length": 10, "min_tokens": 4, "n_pretrain": 50, "n_pretrain_test": 10,
          "n_finetune": 40, "n_finetune_test": 20}
@@ -59,7 +59,7 @@ def test_text_data_is_deterministic_balanced_with_stable_ids():
     assert a.finetune.y.sum() == 20 and a.finetune_test.y.sum() == 10  # balanced
     assert ((a.finetune.x >= 0).sum(1) >= 4).all() and (a.pretrain.x >= 0).all()
     # stable ids: chunk id = document row * 1000 + chunk index, sentence id = the file's id column
-    from msif.text import data_file, read_movie_sentences, read_newsgroups
+    from msif.experiments.text import data_file, read_movie_sentences, read_newsgroups
 
     docs = read_newsgroups(data_file("20newsgroups"))
     index = {w: i for i, w in enumerate(vocab_a)}
@@ -134,7 +134,8 @@ def test_text_config_cross_key_rules_name_the_key(key, value, match):
     import yaml
 
     from conftest import ROOT
-    from msif.config import ConfigError, check_config
+    from msif.config import check_config
+    from msif.errors import ConfigError
 
     config = yaml.safe_load((ROOT / "config/text.yaml").read_text())
     check_config(config)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from msif.case_deletion import deletion_sets, predicted_class_probs, summarize
-from msif.data import Split
-from msif.text import PAD, text_model
-from msif.tracin import last_layer_slice, losses, per_example_grads, sgd, top_tokens, tracin_scores, word_gradients
+from msif.experiments.text import PAD, text_model
+from msif.influence.tracin import last_layer_slice, losses, per_example_grads, sgd, top_tokens, tracin_scores, word_gradients
+from msif.task.data import Split
+from msif.validation.case_deletion import deletion_sets, predicted_class_probs, summarize
 
 DT = torch.float64
 VOCAB, DIM, LEN = 9, 3, 6

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from msif.validation import (
+from msif.validation.metrics import (
     batches,
     bootstrap_interval,
     bootstrap_lds,
@@ -82,7 +82,7 @@ def _seed_tables(seeds=(0, 1), n_sets=30, n_sub=20, n_test=3):
 
 
 def test_pooled_summary_pools_the_sets_and_tests_of_every_seed():
-    from msif.validation import pooled_summary
+    from msif.validation.metrics import pooled_summary
 
     lko, lds_table, per_seed = _seed_tables()
     out = pooled_summary(lko, lds_table, per_seed, n_boot=200, seed=0)

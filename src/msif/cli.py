@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import msif
+from msif import io
+from msif.config import check_config
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 
@@ -49,7 +51,6 @@ def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     import jsonschema
     import yaml
 
-    from msif.config import check_config
 
     schema = yaml.safe_load(schema_path.read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
@@ -129,7 +130,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_show_top(args) -> int:
-    from msif import io
 
     path = Path(args.results) / args.run / f"seed{args.seed}" / "influence" / args.scenario / args.solver / "scores.pt"
     if not path.exists():

@@ -102,7 +102,7 @@ rule scores_shard:
         ),
         version=VERSION,
     script:
-        "../scripts/scores.py"
+        "../scripts/scores_shard.py"
 
 
 rule scores:
@@ -124,4 +124,4 @@ rule scores:
         cfg=solve_params("influence.batch_size", "influence.query_rank"),
         version=VERSION,
     script:
-        "../scripts/merge_scores.py"
+        "../scripts/scores.py"

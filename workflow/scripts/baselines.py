@@ -1,7 +1,7 @@
-from msif import steps
 from msif.logs import job
+from msif.steps.validation import baselines
 
 with job(snakemake.log[0], snakemake.threads):
     i = snakemake.input
     hessian = i.hessian if i.hessian else None
-    steps.run_baselines(snakemake.params.cfg, snakemake.wildcards.scenario, i.data, i.pretrain, i.finetune, hessian, snakemake.output.pt)
+    baselines(snakemake.params.cfg, snakemake.wildcards.scenario, i.data, i.pretrain, i.finetune, hessian, snakemake.output.pt)

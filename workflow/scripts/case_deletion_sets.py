@@ -1,5 +1,5 @@
-from msif import text_steps
 from msif.logs import job
+from msif.steps.text import case_deletion_sets
 
 with job(snakemake.log[0], snakemake.threads):
-    text_steps.run_case_sets(snakemake.params.cfg, snakemake.input.scores, snakemake.output.json)
+    case_deletion_sets(snakemake.params.cfg, snakemake.input.scores, snakemake.output.json)

@@ -1,6 +1,6 @@
-from msif import text_steps
 from msif.logs import job
+from msif.steps.text import case_deletion_table
 
 with job(snakemake.log[0], snakemake.threads):
     o = snakemake.output
-    text_steps.run_case_table(snakemake.params.cfg, list(snakemake.input.csv), o.table, o.summary)
+    case_deletion_table(snakemake.params.cfg, list(snakemake.input.csv), o.table, o.summary)

@@ -1,12 +1,12 @@
 from pathlib import Path
 
-from msif import steps
 from msif.logs import job
+from msif.steps.validation import compare
 
 with job(snakemake.log[0], snakemake.threads):
     i, scenarios = snakemake.input, snakemake.params.scenarios
     of = lambda files, s: [f for f in files if f"/{s}/" in f]  # noqa: E731
-    steps.run_compare(
+    compare(
         snakemake.params.cfg,
         scores_paths={s: {Path(f).parent.name: f for f in of(i.scores, s)} for s in scenarios},
         sets_paths={s: of(i.sets, s)[0] for s in scenarios},

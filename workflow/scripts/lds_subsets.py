@@ -1,5 +1,5 @@
-from msif import steps
 from msif.logs import job
+from msif.steps.validation import lds_subsets
 
 with job(snakemake.log[0], snakemake.threads):
-    steps.run_lds_subsets(snakemake.params.cfg, snakemake.input.data, snakemake.output.json)
+    lds_subsets(snakemake.params.cfg, snakemake.input.data, snakemake.output.json)

@@ -1,5 +1,5 @@
-from msif import steps
 from msif.logs import job
+from msif.steps.train import pretrain
 
 with job(snakemake.log[0], snakemake.threads):
-    steps.pretrain(snakemake.params.cfg, snakemake.input.data, snakemake.output.pt)
+    pretrain(snakemake.params.cfg, snakemake.input.data, snakemake.output.pt)

@@ -1,5 +1,5 @@
-from msif import steps
 from msif.logs import job
+from msif.steps.influence import pretrain_hessian
 
 with job(snakemake.log[0], snakemake.threads):
-    steps.run_pretrain_hessian(snakemake.params.cfg, snakemake.input.data, snakemake.input.pretrain, snakemake.output.pt)
+    pretrain_hessian(snakemake.params.cfg, snakemake.input.data, snakemake.input.pretrain, snakemake.output.pt)

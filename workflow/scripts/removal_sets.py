@@ -1,5 +1,5 @@
-from msif import steps
 from msif.logs import job
+from msif.steps.validation import removal_sets
 
 with job(snakemake.log[0], snakemake.threads):
-    steps.run_removal_sets(snakemake.params.cfg, snakemake.input.scores, snakemake.output.json)
+    removal_sets(snakemake.params.cfg, snakemake.input.scores, snakemake.output.json)

@@ -1,6 +1,6 @@
-from msif import text_steps
 from msif.logs import job
+from msif.steps.text import tracin_scores
 
 with job(snakemake.log[0], snakemake.threads):
     i = snakemake.input
-    text_steps.run_tracin_scores(snakemake.params.cfg, i.data, i.train, snakemake.output.pt)
+    tracin_scores(snakemake.params.cfg, i.data, i.train, snakemake.output.pt)

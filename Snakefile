@@ -1,7 +1,8 @@
 # msif: multi-stage influence, from pretraining data to finetuned predictions, validated by retraining.
 # The DAG: data -> pretrain -> finetune -> finetune_ihvp -> pretrain_hessian/pretrain_ihvp -> scores
-#          -> removal_sets -> retrain (fan-out) + noise_floor -> compare      (each once per seed)
-#          -> aggregate (pooled over seeds) -> report
+#          -> removal_sets -> retrain (fan-out) + noise_floor + lds -> compare      (each once per seed)
+#          -> aggregate (pooled over seeds) -> tables, report
+# Helpers and wildcard constraints: workflow/rules/common.smk; rule X runs workflow/scripts/X.py -> msif.steps.<smk>.X.
 
 
 # The default experiment, unless --configfile names another: a given config file is used alone
@@ -11,19 +12,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
-
-
-wildcard_constraints:
-    scenario="|".join(map(re.escape, config["scenarios"])),
-    solver="|".join(map(re.escape, config["influence"]["solvers"])),
-    batch=r"\d+",
-    shard=r"\d+",
-    rep=r"\d+",
-    seed=r"\d+",
-    kind="warm|seed",
-
-
 include: "workflow/rules/train.smk"
 include: "workflow/rules/influence.smk"
 include: "workflow/rules/validation.smk"

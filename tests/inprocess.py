@@ -18,8 +18,7 @@ import yaml
 from threadpoolctl import threadpool_limits
 
 from msif import io
-from msif.cli import validate_config
-from msif.config import for_seed
+from msif.config import for_seed, validate_config
 from msif.steps import influence as influence_steps
 from msif.steps import train as train_steps
 from msif.steps import validation as validation_steps
@@ -33,7 +32,7 @@ THREADS = {"pretrain_hessian": 2}
 def load_config(path: str | Path) -> dict:
     """A config file as a step of its first seed sees it: validated against the schema (defaults filled in), cross-key
     checked, ``seeds`` replaced by that ``seed`` (msif.config.for_seed)."""
-    return for_seed(validate_config(yaml.safe_load((ROOT / path).read_text()), ROOT / "workflow/schemas/config.schema.yaml"))
+    return for_seed(validate_config(yaml.safe_load((ROOT / path).read_text())))
 
 
 @contextmanager

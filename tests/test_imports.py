@@ -108,3 +108,18 @@ def test_imports_point_down(name):
 def test_msif_imports_sit_at_module_top(name):
     inner = [f"{t} (line {line})" for t, line, at_top in imports(name) if not at_top and t != "msif"]
     assert not inner, f"{name}: msif imports inside functions: {inner}"
+
+
+def test_the_wheel_carries_the_schema_and_the_library_reads_no_repository_file(tmp_path):
+    """An installed wheel validates configs: the schema is package data, found through importlib.resources."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(SRC.parent)], check=True)
+    (wheel,) = tmp_path.glob("msif-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "msif/schemas/config.schema.yaml" in names and "msif/steps/train.py" in names
+    repo_paths = [f"{m} reads the repository tree" for m, p in MODULES.items() if "parents[" in p.read_text()]
+    assert not repo_paths, repo_paths

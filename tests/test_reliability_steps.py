@@ -25,6 +25,7 @@ from msif import io
 from msif.report import page as report
 from msif.steps import common as common_steps
 from msif.steps import influence as influence_steps
+from msif.steps import report as report_steps
 from msif.steps import train as train_steps
 from msif.steps import validation as validation_steps
 from msif.task.training import TrainingError, minimize
@@ -174,7 +175,12 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
     run = root / "results" / TINY["run"]  # one seed: the run's tables are that seed's
     validation_steps.aggregate([TINY["seed"]], 10, [str(p["leave_k_out"])], [str(p["summary"])], [],
                         *(str(run / f"validation/{t}.csv") for t in ("leave_k_out", "summary", "lds")))
-    report.write_report(cfg | {"report": {"example_tests": 0, "top": 1}}, str(run), str(html_path))
+    report_steps.report({"run": TINY["run"], "seeds": [TINY["seed"]], "experiment": "digits", "scenarios": ["fixed"],
+                         "report": {"example_tests": 0, "top": 1}, "validation": {"reference_solver": "exact"}}, ["exact", "cg"],
+                        *(str(run / f"validation/{t}.csv") for t in ("summary", "leave_k_out", "lds")), None, str(p["data"]),
+                        str(p["pretrain"]), [str(p["finetune"]("fixed"))], [str(p["scores"]("fixed", "exact"))],
+                        [str(p["finetune_ihvp"]("fixed", so)) for so in ("exact", "cg")],
+                        [str(p["pretrain_ihvp"]("fixed", so)) for so in ("exact", "cg")], [], str(html_path))
     html = html_path.read_text()
     assert f"{len(spec['sets']) + 1} of {len(lko)} leave-k-out rows are flagged" in html
     assert "diverged" in html and "finetune_ihvp[fixed,cg]: relative residual" in html

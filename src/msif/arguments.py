@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 SOLVERS = ("exact", "cg", "lissa", "arnoldi", "ekfac", "pcg")
+OPTION_BLOCKS = SOLVERS[1:]  # solvers with a config block influence.<name> (exact has none)
 CURVATURES = ("hessian", "ggn")
 DTYPES = ("float64", "float32")
 
@@ -104,3 +105,19 @@ def stage_solvers(name: str) -> tuple[str, str]:
                          "(e.g. 'cg+ekfac')")
     return parts[0], parts[-1]
 
+
+# What each artifact depends on: the config keys recorded in its sidecar (``args``) and passed by its rule as params.
+DATA_KEYS = ("seed", "experiment", "plugin", "data")
+TRAIN_KEYS = ("seed", "dtype", "experiment", "plugin", "data", "model", "pretrain", "training")
+FINETUNE_KEYS = (*TRAIN_KEYS, "finetune")
+SOLVE_KEYS = (*FINETUNE_KEYS, *(f"influence.{k}" for k in ("n_test", "damping", "max_residual", "fail_on_bad_solve", "curvature")))
+
+
+def pick(config: dict, keys: tuple[str, ...]) -> dict:
+    """The top-level ``keys`` of ``config`` (dotted keys are the workflow's params, not sidecar arguments)."""
+    return {k: config[k] for k in keys if "." not in k}
+
+
+def solver_blocks(name: str) -> tuple[str, ...]:
+    """The option blocks a solver name uses: ``cg+ekfac`` → (``influence.cg``, ``influence.ekfac``)."""
+    return tuple(f"influence.{s}" for s in dict.fromkeys(name.split("+")) if s in OPTION_BLOCKS)

@@ -15,90 +15,7 @@ from pathlib import Path
 
 import msif
 from msif import io
-from msif.config import check_config
-
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
-
-
-def _load_config(path: str) -> dict:
-    import yaml
-
-    with open(path) as f:
-        config = yaml.safe_load(f)
-    if not isinstance(config, dict):
-        raise SystemExit(f"{path}: not a YAML mapping")
-    return config
-
-
-def _with_defaults(validator_class):
-    """A validator that fills in each property's ``default`` first (as Snakemake's ``validate`` does)."""
-    import jsonschema
-
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub and name not in instance:
-                    instance[name] = json.loads(json.dumps(sub["default"]))
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
-    """Validate like the workflow: JSON schema (defaults filled in) then :func:`msif.config.check_config`."""
-    import jsonschema
-    import yaml
-
-
-    schema = yaml.safe_load(schema_path.read_text())
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))
-    if errors:
-        e = errors[0]
-        key = ".".join(str(p) for p in e.path) or "<top level>"
-        raise ValueError(f"config key {key}: {e.message}")
-    check_config(config)
-    return config
-
-
-def schema_markdown(schema_path: Path = SCHEMA) -> str:
-    """config/README.md: one row per config key (dotted path), from the schema's descriptions and defaults."""
-    import yaml
-
-    schema = yaml.safe_load(schema_path.read_text())
-    rows = []
-    required_by: dict[str, list[str]] = {}  # "data.n_pretrain" -> the experiments whose branch requires it
-    for branch in schema.get("allOf", []):
-        exp = branch["if"]["properties"]["experiment"]
-        names = exp.get("enum", [exp.get("const")])
-        for block, sub in branch.get("then", {}).get("properties", {}).items():
-            for key in sub.get("required", []):
-                required_by.setdefault(f"{block}.{key}", []).extend(names)
-
-    def walk(node: dict, path: str) -> None:
-        for name, sub in node.get("properties", {}).items():
-            key = f"{path}.{name}" if path else name
-            kind = sub.get("type", "")
-            if "enum" in sub:
-                kind += " (" + ", ".join(map(str, sub["enum"])) + ")"
-            elif sub.get("type") == "array" and "enum" in sub.get("items", {}):
-                kind += " of (" + ", ".join(map(str, sub["items"]["enum"])) + ")"
-            default = f"`{json.dumps(sub['default'])}`" if "default" in sub else ""
-            if not default and key in required_by:  # experiment-specific: no default, so none leaks into another experiment
-                default = "required: " + ", ".join(required_by[key])
-            desc = " ".join(str(sub.get("description", "")).split())
-            rows.append(f"| `{key}` | {kind} | {default} | {desc} |")
-            if sub.get("type") == "object":
-                walk(sub, key)
-
-    walk(schema, "")
-    head = ("# Configuration keys\n\nGenerated from `workflow/schemas/config.schema.yaml` by `msif schema-docs` "
-            "(a test keeps the two in sync). The workflow validates every config against the schema at start, then "
-            "checks cross-key rules (`msif.config.check_config`); `msif validate-config FILE` does the same without running.\n\n"
-            "| key | type | default | meaning |\n|---|---|---|---|\n")
-    return head + "\n".join(rows) + "\n"
+from msif.config import load_config, schema_markdown, validate_config
 
 
 def cmd_schema_docs(args) -> int:
@@ -113,7 +30,7 @@ def cmd_info(args) -> int:
     print(f"CUDA available: {torch.cuda.is_available()}" + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
     print(f"score convention: {msif.SCORE_CONVENTION}")
     if args.config:
-        c = _load_config(args.config)
+        c = load_config(args.config)
         print(f"config {args.config}: run={c.get('run')} experiment={c.get('experiment')} scenarios={c.get('scenarios')} "
               f"solvers={c.get('influence', {}).get('solvers')} ks={c.get('validation', {}).get('ks')}")
     return 0
@@ -121,7 +38,7 @@ def cmd_info(args) -> int:
 
 def cmd_validate(args) -> int:
     try:
-        validate_config(_load_config(args.file))
+        validate_config(load_config(args.file))
     except ValueError as err:
         print(f"{args.file}: INVALID: {err}", file=sys.stderr)
         return 1

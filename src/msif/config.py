@@ -7,7 +7,13 @@ what a JSON schema cannot express (sizes against the data, keys that must agree)
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
 
 from msif.errors import ConfigError
 from msif.experiments.registry import BUILTIN, check_sizes
@@ -89,3 +95,85 @@ def for_seed(config: dict, seed: int | None = None) -> dict:
     out = {k: v for k, v in config.items() if k != "seeds"}
     out["seed"] = int(seed)
     return out
+
+
+# The schema ships inside the package (importlib.resources), so an installed wheel validates as a checkout does;
+# workflow/schemas/config.schema.yaml is a link to it for Snakemake's validate().
+SCHEMA = Path(str(resources.files("msif") / "schemas" / "config.schema.yaml"))
+
+
+def load_config(path: str) -> dict:
+    """A YAML config file as a dict (not yet validated)."""
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise SystemExit(f"{path}: not a YAML mapping")
+    return config
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in each property's ``default`` first (as Snakemake's ``validate`` does)."""
+
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = json.loads(json.dumps(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
+    """Validate like the workflow: JSON schema (defaults filled in) then :func:`msif.config.check_config`."""
+    import yaml
+
+
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(p) for p in e.path) or "<top level>"
+        raise ValueError(f"config key {key}: {e.message}")
+    check_config(config)
+    return config
+
+
+def schema_markdown(schema_path: Path = SCHEMA) -> str:
+    """config/README.md: one row per config key (dotted path), from the schema's descriptions and defaults."""
+
+    schema = yaml.safe_load(schema_path.read_text())
+    rows = []
+    required_by: dict[str, list[str]] = {}  # "data.n_pretrain" -> the experiments whose branch requires it
+    for branch in schema.get("allOf", []):
+        exp = branch["if"]["properties"]["experiment"]
+        names = exp.get("enum", [exp.get("const")])
+        for block, sub in branch.get("then", {}).get("properties", {}).items():
+            for key in sub.get("required", []):
+                required_by.setdefault(f"{block}.{key}", []).extend(names)
+
+    def walk(node: dict, path: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            key = f"{path}.{name}" if path else name
+            kind = sub.get("type", "")
+            if "enum" in sub:
+                kind += " (" + ", ".join(map(str, sub["enum"])) + ")"
+            elif sub.get("type") == "array" and "enum" in sub.get("items", {}):
+                kind += " of (" + ", ".join(map(str, sub["items"]["enum"])) + ")"
+            default = f"`{json.dumps(sub['default'])}`" if "default" in sub else ""
+            if not default and key in required_by:  # experiment-specific: no default, so none leaks into another experiment
+                default = "required: " + ", ".join(required_by[key])
+            desc = " ".join(str(sub.get("description", "")).split())
+            rows.append(f"| `{key}` | {kind} | {default} | {desc} |")
+            if sub.get("type") == "object":
+                walk(sub, key)
+
+    walk(schema, "")
+    head = ("# Configuration keys\n\nGenerated from `src/msif/schemas/config.schema.yaml` by `msif schema-docs` "
+            "(a test keeps the two in sync). The workflow validates every config against the schema at start, then "
+            "checks cross-key rules (`msif.config.check_config`); `msif validate-config FILE` does the same without running.\n\n"
+            "| key | type | default | meaning |\n|---|---|---|---|\n")
+    return head + "\n".join(rows) + "\n"

@@ -4,6 +4,7 @@ import re
 from snakemake.utils import min_version, validate
 
 import msif
+from msif import arguments
 from msif.config import check_config
 
 min_version("9.0")
@@ -13,6 +14,18 @@ validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)
 
 SEEDS = config["seeds"]
+
+
+wildcard_constraints:
+    scenario="|".join(map(re.escape, config["scenarios"])),
+    solver="|".join(map(re.escape, config["influence"]["solvers"])),
+    batch=r"\d+",
+    shard=r"\d+",
+    rep=r"\d+",
+    seed=r"\d+",
+    kind="warm|seed",
+
+
 RUN = f"results/{config['run']}"  # what a run delivers: the tables pooled over seeds and the report
 RUN_LOGS = f"logs/{config['run']}"
 # Everything else is computed once per seed: each seed is a complete replicate of the experiment
@@ -53,39 +66,18 @@ def at_seed(path):
     return lambda wildcards: path.replace("{seed}", wildcards.seed)
 
 
-TRAIN_KEYS = (
-    "seed",
-    "dtype",
-    "device",
-    "experiment",
-    "plugin",
-    "data",
-    "model",
-    "pretrain",
-    "training",
-)
-FINETUNE_KEYS = TRAIN_KEYS + ("finetune",)
-SOLVE_BASE = FINETUNE_KEYS + tuple(
-    f"influence.{k}"
-    for k in ("n_test", "damping", "max_residual", "fail_on_bad_solve", "curvature")
-)
-SOLVER_OPTIONS = ("cg", "lissa", "arnoldi", "ekfac", "pcg")
-
-
-def solver_keys(solver):
-    """Option blocks a solver name uses ('cg+ekfac' uses influence.cg and influence.ekfac)."""
-    return tuple(
-        f"influence.{s}"
-        for s in dict.fromkeys(solver.split("+"))
-        if s in SOLVER_OPTIONS
-    )
+# What each step depends on (msif.arguments, shared with the steps' sidecars); device moves where the
+# numbers are computed, so it reruns a job too.
+TRAIN_KEYS = (*arguments.TRAIN_KEYS, "device")
+FINETUNE_KEYS = (*arguments.FINETUNE_KEYS, "device")
+SOLVE_BASE = (*arguments.SOLVE_KEYS, "device", "influence.lanczos_iters")
 
 
 def solve_params(*extra):
     """params for steps with a {solver} wildcard - only that solver's options, so editing another's does not rerun it."""
-    return lambda wildcards: cfg(*SOLVE_BASE, *solver_keys(wildcards.solver), *extra)(
-        wildcards
-    )
+    return lambda wildcards: cfg(
+        *SOLVE_BASE, *arguments.solver_blocks(wildcards.solver), *extra
+    )(wildcards)
 
 
 RETRAIN_KEYS = FINETUNE_KEYS + ("influence.n_test", "retraining")
@@ -151,6 +143,22 @@ def noise_csvs():
 
 
 # The text experiment's TracIn outputs (workflow/rules/text.smk), shown by the report; none otherwise.
+# What the report reads of a text run's TracIn part, in the order msif.steps.report.report takes it.
+TRACIN_REPORT = (
+    [
+        f"{RESULTS}/tracin/scores.pt",
+        f"{RESULTS}/tracin/train.pt",
+        f"{RESULTS}/tracin/case_deletion_summary.csv",
+    ]
+    if config["experiment"] == "text"
+    else []
+)
+# The keys the report page shows (editing any other key does not rerun it).
+REPORT_CONFIG = {
+    k: config[k]
+    for k in ("run", "seeds", "experiment", "scenarios", "report", "tracin")
+    if k in config
+} | {"validation": {"reference_solver": config["validation"]["reference_solver"]}}
 TRACIN_TARGETS = (
     [
         f"{RESULTS}/tracin/scores.pt",

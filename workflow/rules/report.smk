@@ -2,37 +2,37 @@ rule report:
     input:
         summary=rules.aggregate.output.summary,
         leave_k_out=rules.aggregate.output.leave_k_out,
+        lds=rules.aggregate.output.lds,
         table=f"{RUN}/tables/paper_table.md",
-        # the examples, diagnostics and noise of the first seed are drawn
+        # examples and diagnostics are drawn from the first seed
         data=expand(rules.prepare_data.output.pt, seed=SEEDS[0]),
+        pretrain=expand(rules.pretrain.output.pt, seed=SEEDS[0]),
+        finetune=expand(
+            rules.finetune.output.pt, scenario=config["scenarios"], seed=SEEDS[0]
+        ),
         scores=expand(
-            [f for s in config["scenarios"] for f in scores_for(s).values()],
+            rules.scores.output.pt,
+            scenario=config["scenarios"],
+            solver=config["validation"]["reference_solver"],
             seed=SEEDS[0],
         ),
-        meta=[
-            expand(
-                rules.finetune.output.meta,
-                scenario=config["scenarios"],
-                seed=SEEDS[0],
-            ),
-            expand(rules.pretrain.output.meta, seed=SEEDS[0]),
-            expand(
-                rules.pretrain_ihvp.output.meta,
-                scenario=config["scenarios"],
-                solver=config["influence"]["solvers"],
-                seed=SEEDS[0],
-            ),
-            expand(
-                rules.finetune_ihvp.output.meta,
-                scenario=config["scenarios"],
-                solver=config["influence"]["solvers"],
-                seed=SEEDS[0],
-            ),
-        ],
-        noise=expand(noise_csvs(), seed=SEEDS[0]),
-        tracin=expand(TRACIN_TARGETS, seed=SEEDS[0]),  # text only
+        finetune_ihvp=expand(
+            rules.finetune_ihvp.output.pt,
+            scenario=config["scenarios"],
+            solver=config["influence"]["solvers"],
+            seed=SEEDS[0],
+        ),
+        pretrain_ihvp=expand(
+            rules.pretrain_ihvp.output.pt,
+            scenario=config["scenarios"],
+            solver=config["influence"]["solvers"],
+            seed=SEEDS[0],
+        ),
+        tracin=expand(TRACIN_REPORT, seed=SEEDS[0]),  # text only
     output:
-        html=f"{RUN}/report.html",
+        html=report(
+            f"{RUN}/report.html", caption="../report/report.rst", category="Report"
+        ),
     log:
         f"{RUN_LOGS}/report.log",
     conda:
@@ -42,7 +42,8 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        config=config,
+        cfg=REPORT_CONFIG,
+        solvers=config["influence"]["solvers"],
         version=VERSION,
     script:
         "../scripts/report.py"
@@ -53,7 +54,11 @@ rule tables:
         summary=rules.aggregate.output.summary,
     output:
         csv=f"{RUN}/tables/summary.csv",
-        md=f"{RUN}/tables/paper_table.md",
+        md=report(
+            f"{RUN}/tables/paper_table.md",
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
     log:
         f"{RUN_LOGS}/tables.log",
     conda:

@@ -92,7 +92,7 @@ rule baselines:
     params:
         cfg=cfg(
             *SOLVE_BASE,
-            *solver_keys(config["validation"]["reference_solver"]),
+            *arguments.solver_blocks(config["validation"]["reference_solver"]),
             "influence.batch_size",
             "validation.reference_solver",
         ),
@@ -201,7 +201,11 @@ rule aggregate:
         lds=expand(rules.compare.output.lds, seed=SEEDS),
     output:
         leave_k_out=f"{RUN}/validation/leave_k_out.csv",
-        summary=f"{RUN}/validation/summary.csv",
+        summary=report(
+            f"{RUN}/validation/summary.csv",
+            caption="../report/summary.rst",
+            category="Validation",
+        ),
         lds=f"{RUN}/validation/lds.csv",
     log:
         f"{RUN_LOGS}/validation/aggregate.log",

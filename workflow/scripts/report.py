@@ -1,8 +1,7 @@
-from pathlib import Path
-
 from msif.logs import job
-from msif.report.page import write_report
+from msif.steps.report import report
 
 with job(snakemake.log[0], snakemake.threads):
-    run = Path(snakemake.input.summary).parents[1]  # results/<run>/validation/summary.csv
-    write_report(snakemake.params.config, run, snakemake.output.html)
+    i = snakemake.input
+    report(snakemake.params.cfg, snakemake.params.solvers, i.summary, i.leave_k_out, i.lds, i.table, i.data[0], i.pretrain[0],
+           list(i.finetune), list(i.scores), list(i.finetune_ihvp), list(i.pretrain_ihvp), list(i.tracin), snakemake.output.html)

@@ -1,5 +1,5 @@
 from msif.logs import job
-from msif.report.tables import write_tables
+from msif.steps.report import tables
 
 with job(snakemake.log[0], snakemake.threads):
-    write_tables(snakemake.input.summary, snakemake.params.alpha, snakemake.output.csv, snakemake.output.md)
+    tables(snakemake.input.summary, snakemake.params.alpha, snakemake.output.csv, snakemake.output.md)

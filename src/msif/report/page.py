@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import platform
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -166,23 +167,22 @@ def additivity_tables(lko: pd.DataFrame) -> str:
             + table(spread.assign(tests=spread.tests.astype(str))))
 
 
-def _diagnostics(results: Path, config: dict) -> pd.DataFrame:
+def _diagnostics(inputs: ReportInputs) -> pd.DataFrame:
+    """Gradient norm and extreme eigenvalues of each trained optimum, residual and eigenvalues of each stage-wise solve."""
     rows = []
-    for name, path in [("pretrain", results / "train/pretrain.pt")] + [
-        (f"finetune[{s}]", results / f"train/finetune_{s}.pt") for s in config["scenarios"]
-    ]:
+    for name, path in [("pretrain", inputs.pretrain), *((f"finetune[{s}]", p) for s, p in inputs.finetune.items())]:
         t = io.load_meta(path)["training"]
         rows.append({"what": name, "grad norm": t["grad_norm"], "min eigenvalue": t["min_eigenvalue_lanczos"],
                      "max eigenvalue": t["max_eigenvalue_lanczos"], "residual": float("nan"), "note": "trained optimum (Lanczos)"})
-    for s in config["scenarios"]:
-        for solver in config["influence"]["solvers"]:
-            for step in ("finetune_ihvp", "pretrain_ihvp"):
-                meta = io.load_meta(results / f"influence/{s}/{solver}/{step}.pt")["solve"]
-                part = solver.split("+")[0 if step == "finetune_ihvp" else -1]
-                note = {"exact": "dense eigendecomposition", "cg": f"CG, {meta.get('iterations', '?')} iterations"}.get(
-                    part, f"{part}, {meta.get('hvps', '?')} HVPs")
-                rows.append({"what": f"{step}[{s},{solver}]", "grad norm": float("nan"), "min eigenvalue": meta.get("min_eigenvalue", float("nan")),
-                             "max eigenvalue": meta.get("max_eigenvalue", float("nan")), "residual": meta["max_residual"], "note": note})
+    for name, path in inputs.solves.items():
+        meta = io.load_meta(path)["solve"]
+        step, _, rest = name.partition("[")
+        solver = rest.rstrip("]").split(",")[1]
+        part = solver.split("+")[0 if step == "finetune_ihvp" else -1]
+        note = {"exact": "dense eigendecomposition", "cg": f"CG, {meta.get('iterations', '?')} iterations"}.get(
+            part, f"{part}, {meta.get('hvps', '?')} HVPs")
+        rows.append({"what": name, "grad norm": float("nan"), "min eigenvalue": meta.get("min_eigenvalue", float("nan")),
+                     "max eigenvalue": meta.get("max_eigenvalue", float("nan")), "residual": meta["max_residual"], "note": note})
     return pd.DataFrame(rows)
 
 
@@ -221,17 +221,42 @@ def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
             "validation/leave_k_out.csv.</div>" + table(groups.head(limit)))
 
 
-def write_report(config: dict, run: str, out: str) -> None:
-    """Write ``results/<run>/report.html`` from the pooled validation tables and the first seed's artifacts."""
-    seeds = config.get("seeds", [config.get("seed", 0)])
-    results_p = Path(run) / f"seed{seeds[0]}"
-    all_rows = pd.read_csv(Path(run) / "validation/summary.csv", dtype={"seed": str})
+@dataclass(frozen=True)
+class ReportInputs:
+    """Every file the report reads, named by the rule (the report finds nothing by itself).
+
+    The pooled tables of all seeds; the artifacts of the first seed for examples and diagnostics:
+    ``scores`` per scenario (the reference solver's), ``finetune`` per scenario, ``solves`` per
+    ``"<finetune_ihvp|pretrain_ihvp>[<scenario>,<solver>]"``, and for a text run the ``tracin`` files
+    (``scores``, ``train``, ``summary``).
+    """
+
+    summary: str
+    leave_k_out: str
+    lds: str | None
+    table_md: str | None
+    data: str
+    pretrain: str
+    finetune: dict[str, str]
+    scores: dict[str, str]
+    solves: dict[str, str]
+    tracin: dict[str, str] | None = None
+
+
+def write_report(config: dict, inputs: ReportInputs, out: str) -> None:
+    """Write the report page from the pooled validation tables and the first seed's artifacts.
+
+    ``config`` holds the keys the page shows: ``run``, ``seeds``, ``experiment``, ``scenarios``,
+    ``validation.reference_solver``, ``report`` (and ``tracin`` for a text run).
+    """
+    seeds = config["seeds"]
+    all_rows = pd.read_csv(inputs.summary, dtype={"seed": str})
     pooled = "all" if len(seeds) > 1 else str(seeds[0])
     summary = all_rows[all_rows.seed == pooled].reset_index(drop=True)
     if "noise_floor_seed" not in summary:
         summary["noise_floor_seed"] = float("nan")
-    lko = pd.read_csv(Path(run) / "validation/leave_k_out.csv")
-    data = io.load_tensors(results_p / "data/splits.pt")
+    lko = pd.read_csv(inputs.leave_k_out)
+    data = io.load_tensors(inputs.data)
     ref = config["validation"]["reference_solver"]
     target = 0.9
     parts = [f"<h1>msif report — run <code>{html.escape(config['run'])}</code></h1>",
@@ -271,9 +296,8 @@ def write_report(config: dict, run: str, out: str) -> None:
                      "is the fair comparison.</p>")
         parts.append(methods_figure(summary))
         parts.append(table(_summary_view(summary.sort_values(["scenario", "lds", "pearson"], ascending=[True, False, False]))))
-    lds_path = Path(run) / "validation/lds.csv"
-    if lds_path.exists():
-        parts.append(lds_figure(pd.read_csv(lds_path), ref))
+    if inputs.lds:
+        parts.append(lds_figure(pd.read_csv(inputs.lds), ref))
     parts.append("<h2>Predicted vs actual</h2><div class='grid'>")
     lko = lko[lko.method == "multi_stage"] if "method" in lko else lko
     for _, row in summary[summary.method == "multi_stage"].iterrows():
@@ -288,14 +312,14 @@ def write_report(config: dict, run: str, out: str) -> None:
     parts.append("<h2>Curvature and convergence</h2><p>Every Hessian that is inverted should be positive definite at a true minimum "
                  "(smallest eigenvalue &gt; 0, after damping); a negative one means a saddle, where influence is unreliable. "
                  "Residual: ‖(H + λI)x − b‖ / ‖b‖ of each stage-wise solve." + (f" Seed {seeds[0]}." if len(seeds) > 1 else "") + "</p>")
-    parts.append(table(_diagnostics(results_p, config), "{:.3g}"))
+    parts.append(table(_diagnostics(inputs), "{:.3g}"))
     parts.append(f"<h2>Top proponents and opponents</h2><p>Pretraining examples whose removal is predicted to raise (proponents, blue) "
                  f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}, seed {seeds[0]}. Titles are scores (predicted Δ test loss).</p>")
     text = config["experiment"] == "text"
     if text:
-        vocab = io.load_meta(results_p / "tracin/scores.pt")["vocab"]
+        vocab = io.load_meta(inputs.tracin["scores"])["vocab"]
     for s in config["scenarios"]:
-        art = io.load_tensors(results_p / f"influence/{s}/{ref}/scores.pt")
+        art = io.load_tensors(inputs.scores[s])
         parts.append(f"<h3>{html.escape(scenario_title(s))}</h3>")
         for t in range(min(config["report"]["example_tests"], art["scores"].shape[0])):
             if text:  # sentences and chunks, not images
@@ -303,11 +327,14 @@ def write_report(config: dict, run: str, out: str) -> None:
             else:
                 parts.append(examples_figure(data, art["scores"], art["test_ids"], t, config["report"]["top"]))
     if text:
-        parts.append(report_text.tracin_section(config, results_p, data))
-    table_md = Path(run) / "tables/paper_table.md"
-    if table_md.exists():
+        parts.append(report_text.tracin_section(config, inputs.tracin, data))
+    if inputs.table_md:
+        table_md = Path(inputs.table_md)
         parts.append("<h2>Table to paste</h2><p>The pooled rows above as markdown (<code>tables/paper_table.md</code>; the numbers "
                      "with more digits in <code>tables/summary.csv</code>).</p><pre>" + html.escape(table_md.read_text()) + "</pre>")
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
+    recorded = io.load_meta(inputs.scores[config["scenarios"][0]]).get("args", {})
+    parts.append("<h2>Configuration</h2><p class='muted'>As recorded in the sidecar of the first scenario's scores (seed "
+                 f"{seeds[0]}); every artifact's sidecar records the keys it was computed under.</p><pre>"
+                 + html.escape(yaml.safe_dump(recorded, sort_keys=False)) + "</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>msif report: {html.escape(config['run'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     io.write_text(out, page)

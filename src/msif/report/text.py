@@ -110,11 +110,10 @@ def word_level_examples(scores_path: Path, data: dict, top: int) -> str:
     return "".join(parts)
 
 
-def tracin_section(config: dict, results: Path, data: dict) -> str:
-    """The report's TracIn part for a text run (``results`` = one seed's folder)."""
-    d = results / "tracin"
-    train_meta = io.load_meta(d / "train.pt")
-    summary = pd.read_csv(d / "case_deletion_summary.csv")
+def tracin_section(config: dict, tracin: dict[str, str], data: dict) -> str:
+    """The report's TracIn part for a text run: ``tracin`` names its ``scores``, ``train`` and ``summary`` files."""
+    train_meta = io.load_meta(tracin["train"])
+    summary = pd.read_csv(tracin["summary"])
     tr = config["tracin"]
     view = summary.pivot_table(index=["method", "selection"], columns="k", values=["delta_prob", "delta_loss"]).reset_index()
     view.columns = [" ".join(str(c) for c in col if c != "").replace("delta_prob", "Δp").replace("delta_loss", "Δloss") for col in view.columns]
@@ -136,5 +135,5 @@ def tracin_section(config: dict, results: Path, data: dict) -> str:
         ratio_lines(summary),
         "<h3>Word-level influence (TracIn-WE)</h3><p>Blue: a word whose gradient agrees with the test sentence's (proponent word); "
         "red: disagrees. Hover a word for its score.</p>",
-        word_level_examples(d / "scores.pt", data, config["report"]["top"]),
+        word_level_examples(Path(tracin["scores"]), data, config["report"]["top"]),
     ])

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from msif import io
+from msif.arguments import DATA_KEYS, TRAIN_KEYS, pick
 from msif.core.products import hvp
 from msif.core.solvers import lanczos_extremes
 from msif.experiments.registry import Experiment
@@ -24,11 +25,13 @@ def experiment(config: dict, data_path: str) -> Experiment:
 
 
 def data_args(config: dict) -> dict:
-    return {k: config[k] for k in ("seed", "experiment", "plugin", "data")}
+    """What the data splits depend on (``msif.arguments.DATA_KEYS``)."""
+    return pick(config, DATA_KEYS)
 
 
 def train_args(config: dict) -> dict:
-    return {k: config[k] for k in ("seed", "dtype", "experiment", "plugin", "data", "model", "pretrain", "training")}
+    """What the pretrained optimum depends on (``msif.arguments.TRAIN_KEYS``)."""
+    return pick(config, TRAIN_KEYS)
 
 
 def finetune_args(config: dict, scenario: str) -> dict:

@@ -1,0 +1,106 @@
+"""Arguments built once from a validated config: solver names, solver options, training and solve settings.
+
+Below :mod:`msif.steps` no function sees the config dict: the steps build these frozen dataclasses and pass them down.
+Solver names are listed here only (``SOLVERS``); a new solver is added here and in :func:`msif.core.solvers.solve`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+SOLVERS = ("exact", "cg", "lissa", "arnoldi", "ekfac", "pcg")
+CURVATURES = ("hessian", "ggn")
+DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class CGOptions:
+    """Config block ``influence.cg`` (defaults equal the schema's)."""
+
+    tol: float = 1e-10
+    max_iter: int = 3000
+    block: bool = True
+
+    def __post_init__(self):
+        _check_positive("cg", self, ("tol", "max_iter"))
+
+
+@dataclass(frozen=True)
+class LissaOptions:
+    """Config block ``influence.lissa`` (defaults equal the schema's)."""
+
+    scale: float | None = None
+    depth: int = 1000
+    repeats: int = 1
+    batch_size: int | None = 64
+    seed: int = 0
+    tol: float = 1e-2
+
+    def __post_init__(self):
+        _check_positive("lissa", self, ("depth", "repeats", "tol"), optional=("scale", "batch_size"))
+
+
+@dataclass(frozen=True)
+class ArnoldiOptions:
+    """Config block ``influence.arnoldi`` (defaults equal the schema's)."""
+
+    rank: int = 100
+    iters: int = 200
+    seed: int = 0
+    tol: float = 1e-2
+
+    def __post_init__(self):
+        _check_positive("arnoldi", self, ("rank", "iters", "tol"))
+        if self.iters < self.rank:
+            raise ValueError(f"influence.arnoldi.iters={self.iters} < influence.arnoldi.rank={self.rank}: need iters >= rank")
+
+
+@dataclass(frozen=True)
+class EKFACOptions:
+    """Config block ``influence.ekfac`` (defaults equal the schema's)."""
+
+    batch_size: int = 256
+    tol: float = 1e-2
+
+    def __post_init__(self):
+        _check_positive("ekfac", self, ("batch_size", "tol"))
+
+
+@dataclass(frozen=True)
+class PCGOptions:
+    """Config block ``influence.pcg`` (defaults equal the schema's)."""
+
+    tol: float = 1e-10
+    max_iter: int = 3000
+    batch_size: int = 256
+
+    def __post_init__(self):
+        _check_positive("pcg", self, ("tol", "max_iter", "batch_size"))
+
+
+def _check_positive(block: str, obj, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    for k in keys + optional:
+        v = getattr(obj, k)
+        if (v is None and k in optional) or (isinstance(v, int | float) and v > 0):
+            continue
+        raise ValueError(f"influence.{block}.{k}={v!r}: must be > 0" + (" or null" if k in optional else ""))
+
+
+def options_of(cls, block: dict | None):
+    """A frozen options object from a config block, naming an unknown key and the allowed ones."""
+    block = dict(block or {})
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}: allowed {allowed}")
+    return cls(**block)
+
+
+def stage_solvers(name: str) -> tuple[str, str]:
+    """The (finetuning, pretraining) solvers of a solver name: ``cg`` → (cg, cg), ``cg+ekfac`` → (cg, ekfac)."""
+    parts = name.split("+")
+    if len(parts) > 2 or any(p not in SOLVERS for p in parts):
+        raise ValueError(f"solver={name!r}: allowed one of {list(SOLVERS)}, or '<finetune>+<pretrain>' naming two of them "
+                         "(e.g. 'cg+ekfac')")
+    return parts[0], parts[-1]
+

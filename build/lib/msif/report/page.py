@@ -1,0 +1,340 @@
+"""The HTML report: one self-contained page (figures inlined as PNG) that opens offline.
+
+It answers the suite's question — does predicted influence match retraining? — with the summary
+table, a predicted-vs-actual scatter per scenario (identity line, fitted slope, noise-floor band),
+the curvature and convergence diagnostics of every stage and solve, the top proponents and
+opponents of a few test examples drawn as images, and the config and versions used.
+"""
+
+from __future__ import annotations
+
+import html
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+import yaml
+
+import msif
+from msif import io
+from msif.report import text as report_text
+from msif.report.html import CSS, png, table
+from msif.validation.metrics import correlations
+
+LOSS_UNIT_METHODS = ("multi_stage", "single_stage")  # scores in test-loss units, so a slope means something
+SCENARIO_TITLES = {"fixed": "Scenario A — W fixed during finetuning", "updated": "Scenario B — W updated (proximal α)"}
+
+
+def scenario_title(name: str) -> str:
+    """A reader's title for a scenario name (``updated@0.1`` → Scenario B with its α)."""
+    kind, _, alpha = name.partition("@")
+    return f"Scenario B — W updated, α = {alpha}" if kind == "updated" and alpha else SCENARIO_TITLES.get(name, name)
+
+
+def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solver: str, noise_floor: float,
+                   noise_floor_seed: float = float("nan")) -> str:
+    """Predicted vs actual removal effect: identity line, fitted slope, ±2·noise-floor bands (warm start; another seed)."""
+    d = lko[(lko.scenario == scenario) & (lko.solver == solver)]
+    s = summary[(summary.scenario == scenario) & (summary.solver == solver)].iloc[0]
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    lim = float(np.nanmax(np.abs(np.r_[d.predicted, d.actual]))) * 1.08 or 1.0  # a diverged retraining: actual NaN
+    if np.isfinite(noise_floor_seed) and noise_floor_seed > 0:
+        ax.axhspan(-2 * noise_floor_seed, 2 * noise_floor_seed, color="#fde0c5", zorder=0, label="±2 × noise (another seed)")
+    if np.isfinite(noise_floor) and noise_floor > 0:
+        ax.axhspan(-2 * noise_floor, 2 * noise_floor, color="0.75", zorder=0, label="±2 × noise (warm start)")
+    ax.plot([-lim, lim], [-lim, lim], color="0.4", lw=1, ls="--", label="identity")
+    if np.isfinite(s.slope):
+        ax.plot([-lim, lim], [-lim * s.slope, lim * s.slope], color="C3", lw=1, label=f"fit: actual = {s.slope:.2f} × predicted")
+    sns.scatterplot(data=d, x="predicted", y="actual", hue="selection", size="k", sizes=(20, 90), ax=ax, alpha=0.8,
+                    palette={"top": "C0", "bottom": "C1", "random": "C2"})
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="predicted Δ test loss (Σ scores)", ylabel="actual Δ test loss (retrained)",
+           title=f"{scenario} / {solver}: Pearson {s.pearson:.3f}, Spearman {s.spearman:.3f}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return png(fig)
+
+
+def methods_figure(summary: pd.DataFrame) -> str:
+    """Pearson (leave-k-out) and LDS per method and scenario, with bootstrap 95% intervals."""
+    metrics = [("pearson", "leave-k-out Pearson")] + ([("lds", "LDS (Spearman)")] if summary["lds"].notna().any() else [])
+    d = summary[(summary.method != "multi_stage") | (summary.solver == summary.solver.iloc[0])]
+    order = list(dict.fromkeys(["multi_stage", *d.method]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(order) + 1.4), squeeze=False)
+    for ax, (col, label) in zip(axes[0], metrics, strict=True):
+        for j, (scenario, g) in enumerate(d.groupby("scenario")):
+            g = g.set_index("method").reindex(order)
+            y = np.arange(len(order)) + (j - 0.5) * 0.3
+            lo, hi = g[f"{col}_lo"], g[f"{col}_hi"]
+            err = np.vstack([(g[col] - lo).clip(lower=0), (hi - g[col]).clip(lower=0)]) if lo.notna().any() else None
+            ax.errorbar(g[col], y, xerr=err, fmt="o", capsize=3, label=scenario)
+        ax.set_yticks(np.arange(len(order)), order)
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.set(xlabel=label, xlim=(-1.02, 1.02))
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+def lds_figure(lds_table: pd.DataFrame, solver: str, per_scenario: int = 3) -> str:
+    """LDS by example: predicted Σ_{i∈S_j} score vs actual Δ test loss over the random subsets S_j, for the first
+    test examples of the first seed, multi-stage influence with the reference solver (the LDS is their Spearman)."""
+    from scipy import stats
+
+    d = lds_table[(lds_table.method == "multi_stage") & (lds_table.solver == solver)]
+    if not len(d):
+        return ""
+    if "seed" in d:
+        d = d[d.seed == d.seed.min()]
+    scenarios = list(dict.fromkeys(d.scenario))
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.4 * len(scenarios), 3.8), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios, strict=True):
+        g = d[d.scenario == scenario]
+        for t in list(dict.fromkeys(g.test_id))[:per_scenario]:
+            h = g[g.test_id == t]
+            rho = stats.spearmanr(h.predicted, h.actual, nan_policy="omit")[0]
+            ax.scatter(h.predicted, h.actual, s=14, alpha=0.8, label=f"test {t}: Spearman {rho:.2f}")
+        ax.set(xlabel="predicted Δ test loss (Σ scores over the removed half)", ylabel="actual Δ test loss (retrained)", title=scenario)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return ("<h3>LDS, example by example</h3><p>Each point is one random half of the pretraining set, retrained without the other "
+            "half; the LDS of a test example is the Spearman correlation of its points (then averaged over test examples).</p>"
+            + png(fig))
+
+
+def as_image(x: torch.Tensor) -> torch.Tensor | None:
+    """An input drawn as a 2-D image: square vectors, (H, W), or (C, H, W) averaged over channels."""
+    if x.ndim == 1:
+        side = round(x.numel() ** 0.5)
+        return x.reshape(side, side) if side * side == x.numel() else None
+    if x.ndim == 2:
+        return x
+    if x.ndim == 3:
+        return x.mean(0)
+    return None
+
+
+def examples_figure(data: dict, scores: torch.Tensor, test_ids: torch.Tensor, t: int, top: int) -> str:
+    """A test image beside its top proponents (highest scores) and opponents (lowest), with scores."""
+    x_test = as_image(data["finetune_test.x"][t])
+    if x_test is None:
+        return "<p class='muted'>(inputs are not images; see <code>msif show-top</code>)</p>"
+    x_pt = [as_image(x) for x in data["pretrain.x"]]
+    order = torch.argsort(scores[t], descending=True)
+    picks = [("proponent", i) for i in order[:top].tolist()] + [("opponent", i) for i in order[-top:].flip(0).tolist()]
+    fig, axes = plt.subplots(2, top + 1, figsize=(1.25 * (top + 1), 3.0))
+    for row in range(2):
+        axes[row, 0].axis("off")
+    axes[0, 0].imshow(x_test.cpu().numpy(), cmap="gray_r")
+    axes[0, 0].set_title(f"test id {int(test_ids[t])}", fontsize=8)
+    axes[0, 0].axis("on")
+    axes[0, 0].set(xticks=[], yticks=[])
+    for j, (kind, i) in enumerate(picks):
+        ax = axes[0 if kind == "proponent" else 1, 1 + j % top]
+        ax.imshow(x_pt[i].cpu().numpy(), cmap="Blues" if kind == "proponent" else "Reds")
+        ax.set_title(f"{scores[t, i]:+.2e}", fontsize=7)
+        ax.set(xticks=[], yticks=[])
+    axes[0, 1].set_ylabel("proponents", fontsize=8)
+    axes[1, 1].set_ylabel("opponents", fontsize=8)
+    return png(fig)
+
+
+def additivity_tables(lko: pd.DataFrame) -> str:
+    """Where first-order additivity breaks: median relative error |actual − predicted| / |actual| per k (top and bottom
+    sets), and per test example the Pearson over its own removal sets (min / median / max over test examples)."""
+
+    d = lko[lko.selection.isin(["top", "bottom"]) & np.isfinite(lko.actual)]
+    rel = d.assign(rel=(d.actual - d.predicted).abs() / d.actual.abs()).groupby(["scenario", "solver", "k"])["rel"].median()
+    keys = ["scenario", "solver"] + (["seed"] if "seed" in lko else [])
+    per_test = [{**dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)), "test_id": t,
+                 "pearson": correlations(g.predicted.to_numpy(), g.actual.to_numpy())["pearson"]}
+                for k, h in lko.groupby(keys) for t, g in h.groupby("test_id")]
+    spread = (pd.DataFrame(per_test).groupby(["scenario", "solver"])["pearson"]
+              .agg(tests="count", min="min", median="median", max="max").reset_index())
+    return ("<h3>Additivity as k grows</h3><p>Median relative error |actual − predicted| / |actual| of the top-k and bottom-k "
+            "sets: where it grows with k, removals interact and the sum of single-example scores stops being additive.</p>"
+            + table(rel.reset_index().pivot_table(index=["scenario", "solver"], columns="k", values="rel").reset_index())
+            + "<h3>Per test example</h3><p>Pearson between predicted and actual over each test example's own removal sets "
+            "(every selection and k), summarised over test examples (and seeds).</p>"
+            + table(spread.assign(tests=spread.tests.astype(str))))
+
+
+def _diagnostics(inputs: ReportInputs) -> pd.DataFrame:
+    """Gradient norm and extreme eigenvalues of each trained optimum, residual and eigenvalues of each stage-wise solve."""
+    rows = []
+    for name, path in [("pretrain", inputs.pretrain), *((f"finetune[{s}]", p) for s, p in inputs.finetune.items())]:
+        t = io.load_meta(path)["training"]
+        rows.append({"what": name, "grad norm": t["grad_norm"], "min eigenvalue": t["min_eigenvalue_lanczos"],
+                     "max eigenvalue": t["max_eigenvalue_lanczos"], "residual": float("nan"), "note": "trained optimum (Lanczos)"})
+    for name, path in inputs.solves.items():
+        meta = io.load_meta(path)["solve"]
+        step, _, rest = name.partition("[")
+        solver = rest.rstrip("]").split(",")[1]
+        part = solver.split("+")[0 if step == "finetune_ihvp" else -1]
+        note = {"exact": "dense eigendecomposition", "cg": f"CG, {meta.get('iterations', '?')} iterations"}.get(
+            part, f"{part}, {meta.get('hvps', '?')} HVPs")
+        rows.append({"what": name, "grad norm": float("nan"), "min eigenvalue": meta.get("min_eigenvalue", float("nan")),
+                     "max eigenvalue": meta.get("max_eigenvalue", float("nan")), "residual": meta["max_residual"], "note": note})
+    return pd.DataFrame(rows)
+
+
+def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary with intervals folded into one readable cell per metric."""
+    def ci(v, lo, hi):
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else (f"{v:.3f}" if np.isfinite(v) else "—")
+
+    return pd.DataFrame({
+        "scenario": df.scenario, "method": df.method, "solver": df.solver,
+        "Pearson [95% CI]": [ci(*r) for r in zip(df.pearson, df.pearson_lo, df.pearson_hi, strict=True)],
+        "Spearman": [f"{v:.3f}" for v in df.spearman],
+        "LDS [95% CI]": [ci(*r) for r in zip(df.lds, df.lds_lo, df.lds_hi, strict=True)],
+        "sets": df.n_sets.astype(str), "noise floor": [f"{v:.2e}" for v in df.noise_floor],
+        "seed noise": [f"{v:.2e}" if np.isfinite(v) else "—" for v in df.get("noise_floor_seed", pd.Series(np.nan, index=df.index))],
+        "slope": [f"{v:.2f}" if m in LOSS_UNIT_METHODS else "—" for v, m in zip(df.slope, df.method, strict=True)],
+    })
+
+
+def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
+    """A warning listing the leave-k-out rows whose ``flag`` is not ``ok`` (msif.health), one table row per
+    (scenario, method, solver, flag) with its number of rows and test ids; empty when none."""
+    if "flag" not in lko or (lko["flag"] == "ok").all():
+        return ""
+    bad = lko[lko["flag"] != "ok"]
+    keys = [c for c in ("scenario", "method", "solver", "flag") if c in bad]
+    groups = (bad.groupby(keys, sort=False, dropna=False)
+              .agg(rows=("flag", "size"), test_ids=("test_id", lambda t: ", ".join(map(str, sorted(set(t))[:10]))
+                                                    + (" …" if t.nunique() > 10 else "")))
+              .reset_index().rename(columns={"test_ids": "test ids"}))
+    more = f" (first {limit} of {len(groups)} kinds shown)" if len(groups) > limit else ""
+    return (f"<div class='verdict warn'><b>{len(bad)} of {len(lko)} leave-k-out rows are flagged</b>{more}: a numerical problem "
+            "upstream of them (training not converged, a saddle, a bad solve, a retraining that diverged). They are kept in "
+            "the tables and plots; judge them with care. An approximate solver (ekfac, lissa, arnoldi, a truncated pcg) "
+            "flags every row it scores by design: its residual is far above influence.max_residual. Row by row: "
+            "validation/leave_k_out.csv.</div>" + table(groups.head(limit)))
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Every file the report reads, named by the rule (the report finds nothing by itself).
+
+    The pooled tables of all seeds; the artifacts of the first seed for examples and diagnostics:
+    ``scores`` per scenario (the reference solver's), ``finetune`` per scenario, ``solves`` per
+    ``"<finetune_ihvp|pretrain_ihvp>[<scenario>,<solver>]"``, and for a text run the ``tracin`` files
+    (``scores``, ``train``, ``summary``).
+    """
+
+    summary: str
+    leave_k_out: str
+    lds: str | None
+    table_md: str | None
+    data: str
+    pretrain: str
+    finetune: dict[str, str]
+    scores: dict[str, str]
+    solves: dict[str, str]
+    tracin: dict[str, str] | None = None
+
+
+def write_report(config: dict, inputs: ReportInputs, out: str) -> None:
+    """Write the report page from the pooled validation tables and the first seed's artifacts.
+
+    ``config`` holds the keys the page shows: ``run``, ``seeds``, ``experiment``, ``scenarios``,
+    ``validation.reference_solver``, ``report`` (and ``tracin`` for a text run).
+    """
+    seeds = config["seeds"]
+    all_rows = pd.read_csv(inputs.summary, dtype={"seed": str})
+    pooled = "all" if len(seeds) > 1 else str(seeds[0])
+    summary = all_rows[all_rows.seed == pooled].reset_index(drop=True)
+    if "noise_floor_seed" not in summary:
+        summary["noise_floor_seed"] = float("nan")
+    lko = pd.read_csv(inputs.leave_k_out)
+    data = io.load_tensors(inputs.data)
+    ref = config["validation"]["reference_solver"]
+    target = 0.9
+    parts = [f"<h1>msif report — run <code>{html.escape(config['run'])}</code></h1>",
+             f"<p class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} · msif {msif.__version__} · torch {torch.__version__} · "
+             f"Python {platform.python_version()}</p>"]
+    ms = summary[summary.method == "multi_stage"]
+    worst = ms.pearson.min()
+    cls = "ok" if worst >= target else "warn"
+    over = f"seeds {', '.join(map(str, seeds))} pooled" if len(seeds) > 1 else f"seed {seeds[0]}"
+    parts.append(f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
+                 f"leave-k-out removal sets per scenario ({over}), Pearson between predicted and actual Δ test loss ranges "
+                 f"{ms.pearson.min():.3f}–{ms.pearson.max():.3f} (Spearman {ms.spearman.min():.3f}–{ms.spearman.max():.3f}); "
+                 f"target ≥ {target}. Scores follow one convention: <i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>")
+    parts.append(flagged_rows(lko))
+    parts.append("<h2>Summary</h2>")
+    parts.append("<p>Each row correlates, over all removal sets (top-k, bottom-k, random-k per test example and k), the first-order "
+                 "prediction Σ<sub>i∈S</sub> score[t, i] with the change of the test loss measured by retraining both stages without S; "
+                 "[lo, hi] are bootstrap 95% intervals over removal sets. <i>LDS</i>: Spearman between predicted and actual test-loss "
+                 "changes across random subsets holding half the pretraining set, averaged over test examples. "
+                 "<i>noise floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
+                 "(how precisely retraining lands); <i>seed noise</i>: the same from a cold start under another seed (how far apart two "
+                 "equally valid trainings land — removal effects below it are not reproducible across trainings). <i>slope</i>: least-squares actual ≈ slope × predicted through the origin "
+                 "(first-order predictions underestimate larger removals: slope &gt; 1).</p>")
+    parts.append(table(_summary_view(summary[summary.method == "multi_stage"])))
+    if len(seeds) > 1:
+        per_seed = all_rows[(all_rows.seed != "all") & (all_rows.method == "multi_stage")]
+        parts.append(f"<h3>Per seed</h3><p>Each seed is a full replicate (data split, initialisation, removal sets); the rows above pool "
+                     f"the removal sets and LDS test examples of all {len(seeds)} seeds.</p>")
+        view = _summary_view(per_seed)
+        view.insert(0, "seed", per_seed.seed.to_numpy())
+        parts.append(table(view))
+    if (summary.method != "multi_stage").any():
+        parts.append("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
+                     "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
+                     "gradient dot product, no Hessian; <i>representation</i>: cosine similarity of pretrained features; <i>random</i>. "
+                     "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
+                     "is the fair comparison.</p>")
+        parts.append(methods_figure(summary))
+        parts.append(table(_summary_view(summary.sort_values(["scenario", "lds", "pearson"], ascending=[True, False, False]))))
+    if inputs.lds:
+        parts.append(lds_figure(pd.read_csv(inputs.lds), ref))
+    parts.append("<h2>Predicted vs actual</h2><div class='grid'>")
+    lko = lko[lko.method == "multi_stage"] if "method" in lko else lko
+    for _, row in summary[summary.method == "multi_stage"].iterrows():
+        parts.append(scatter_figure(lko, summary[summary.method == "multi_stage"], row.scenario, row.solver, row.noise_floor,
+                                    row.noise_floor_seed))
+    parts.append("</div>")
+    by_k = lko.assign(ratio=lko.actual / lko.predicted).groupby(["scenario", "solver", "selection", "k"])["ratio"].median().reset_index()
+    parts.append("<h3>First-order accuracy as k grows</h3><p>Median of actual / predicted per selection and k "
+                 "(1 = exact; random sets have small predictions, so their ratio is noisy).</p>")
+    parts.append(table(by_k.pivot_table(index=["scenario", "solver", "selection"], columns="k", values="ratio").reset_index()))
+    parts.append(additivity_tables(lko))
+    parts.append("<h2>Curvature and convergence</h2><p>Every Hessian that is inverted should be positive definite at a true minimum "
+                 "(smallest eigenvalue &gt; 0, after damping); a negative one means a saddle, where influence is unreliable. "
+                 "Residual: ‖(H + λI)x − b‖ / ‖b‖ of each stage-wise solve." + (f" Seed {seeds[0]}." if len(seeds) > 1 else "") + "</p>")
+    parts.append(table(_diagnostics(inputs), "{:.3g}"))
+    parts.append(f"<h2>Top proponents and opponents</h2><p>Pretraining examples whose removal is predicted to raise (proponents, blue) "
+                 f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}, seed {seeds[0]}. Titles are scores (predicted Δ test loss).</p>")
+    text = config["experiment"] == "text"
+    if text:
+        vocab = io.load_meta(inputs.tracin["scores"])["vocab"]
+    for s in config["scenarios"]:
+        art = io.load_tensors(inputs.scores[s])
+        parts.append(f"<h3>{html.escape(scenario_title(s))}</h3>")
+        for t in range(min(config["report"]["example_tests"], art["scores"].shape[0])):
+            if text:  # sentences and chunks, not images
+                parts.append(report_text.pretraining_examples(data, vocab, art["scores"], art["test_ids"], t, config["report"]["top"]))
+            else:
+                parts.append(examples_figure(data, art["scores"], art["test_ids"], t, config["report"]["top"]))
+    if text:
+        parts.append(report_text.tracin_section(config, inputs.tracin, data))
+    if inputs.table_md:
+        table_md = Path(inputs.table_md)
+        parts.append("<h2>Table to paste</h2><p>The pooled rows above as markdown (<code>tables/paper_table.md</code>; the numbers "
+                     "with more digits in <code>tables/summary.csv</code>).</p><pre>" + html.escape(table_md.read_text()) + "</pre>")
+    recorded = io.load_meta(inputs.scores[config["scenarios"][0]]).get("args", {})
+    parts.append("<h2>Configuration</h2><p class='muted'>As recorded in the sidecar of the first scenario's scores (seed "
+                 f"{seeds[0]}); every artifact's sidecar records the keys it was computed under.</p><pre>"
+                 + html.escape(yaml.safe_dump(recorded, sort_keys=False)) + "</pre>")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>msif report: {html.escape(config['run'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    io.write_text(out, page)

@@ -1,0 +1,52 @@
+"""Paper-ready tables of a run: the pooled validation summary per scenario (and α) × method × solver.
+
+``results/<run>/tables/summary.csv`` holds the numbers; ``paper_table.md`` is the same as a markdown
+table a user can paste (the report shows it too). Scenario ``updated@α`` rows carry their α.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from msif import io
+
+
+def _alpha(scenario: str, default: float) -> float:
+    kind, _, own = scenario.partition("@")
+    return float("nan") if kind == "fixed" else float(own) if own else default
+
+
+def paper_summary(summary: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """The pooled rows (``seed = all``; the only seed's rows for a one-seed run), with the scenario's α, sorted."""
+    seeds = summary["seed"].astype(str)
+    rows = summary[seeds == "all"] if (seeds == "all").any() else summary
+    out = rows.assign(alpha=[_alpha(s, alpha) for s in rows.scenario], n_seeds=max(1, (seeds != "all").sum() // max(1, len(rows))))
+    order = ["scenario", "alpha", "method", "solver", "pearson", "pearson_lo", "pearson_hi", "spearman", "lds", "lds_lo", "lds_hi",
+             "slope", "noise_floor", "noise_floor_seed", "n_sets", "n_seeds"]
+    out = out[[c for c in order if c in out]]
+    kind = out.scenario.str.partition("@")[0]
+    return out.assign(_k=kind, _m=out.method != "multi_stage").sort_values(["_k", "alpha", "_m", "method", "solver"]).drop(
+        columns=["_k", "_m"]).reset_index(drop=True)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A markdown table: Pearson and LDS with their 95% intervals in one cell each."""
+    def ci(v, lo, hi):
+        return "—" if not np.isfinite(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{v:.3f}"
+
+    head = ["scenario", "α", "method", "solver", "Pearson [95% CI]", "Spearman", "LDS [95% CI]", "slope", "sets"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.itertuples():
+        cells = [r.scenario.partition("@")[0], "—" if not np.isfinite(r.alpha) else f"{r.alpha:g}", r.method, r.solver,
+                 ci(r.pearson, r.pearson_lo, r.pearson_hi), f"{r.spearman:.3f}", ci(r.lds, r.lds_lo, r.lds_hi),
+                 f"{r.slope:.2f}" if r.method in ("multi_stage", "single_stage") else "—", str(int(r.n_sets))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(summary_path: str, alpha: float, csv_out: str, md_out: str) -> None:
+    """``tables/summary.csv`` and ``tables/paper_table.md`` from the run's pooled ``validation/summary.csv``."""
+    table = paper_summary(pd.read_csv(summary_path, dtype={"seed": str}), alpha)
+    io.write_text(csv_out, table.to_csv(index=False))
+    io.write_text(md_out, markdown(table))

@@ -1,0 +1,192 @@
+"""Leave-k-out validation (method.md): removal sets, predicted vs actual effects, correlations.
+
+For each scored test example t the pretraining set is ranked by ``score[t, i]``; the sets are its
+top-k (most helpful: removal predicted to raise the loss), bottom-k (most harmful) and a random k,
+for every k. The predicted effect of a set S is ``Σ_{i∈S} score[t, i]`` (first order, additive); the
+actual effect comes from retraining both stages without S.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+SELECTIONS = ("top", "bottom", "random")
+
+
+def set_id(test_index: int, selection: str, k: int) -> str:
+    return f"t{test_index}-{selection}-k{k}"
+
+
+def removal_sets(scores: torch.Tensor, ks: list[int], selections: list[str], seed: int) -> list[dict]:
+    """All leave-k-out sets for scores (n_test, n): dicts with set_id, test_index, selection, k, members.
+
+    Random sets draw from a generator seeded by (seed, test_index, k), independent of other sets.
+    """
+    n_test, n = scores.shape
+    if max(ks) > n:
+        raise ValueError(f"validation.ks: k={max(ks)} exceeds the pretraining set size {n}")
+    out = []
+    for t in range(n_test):
+        order = torch.argsort(scores[t].cpu(), descending=True, stable=True)
+        for selection in selections:
+            for k in ks:
+                if selection == "top":
+                    members = order[:k]
+                elif selection == "bottom":
+                    members = order[-k:]
+                elif selection == "random":
+                    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, t, k]).generate_state(1)[0]))
+                    members = torch.randperm(n, generator=gen)[:k]
+                else:
+                    raise ValueError(f"validation.selections: {selection!r} not in {list(SELECTIONS)}")
+                out.append({"set_id": set_id(t, selection, k), "test_index": t, "selection": selection, "k": k,
+                            "members": sorted(members.tolist())})
+    return out
+
+
+def batches(n_sets: int, sets_per_job: int) -> list[list[int]]:
+    """Indices of removal sets for each retraining job (the workflow's fan-out)."""
+    return [list(range(i, min(i + sets_per_job, n_sets))) for i in range(0, n_sets, sets_per_job)]
+
+
+def predicted_effects(scores: torch.Tensor, sets: list[dict]) -> np.ndarray:
+    """``Δ̂f_t(S) = Σ_{i∈S} score[t, i]`` for each set (its own test example t)."""
+    return np.array([float(scores[s["test_index"], s["members"]].sum()) for s in sets])
+
+
+def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    """Pearson and Spearman of predicted vs actual, plus the fitted slope actual ≈ slope · predicted."""
+    from scipy import stats
+
+    ok = np.isfinite(predicted) & np.isfinite(actual)  # a diverged retraining (actual NaN) stays in the table, flagged
+    predicted, actual = np.asarray(predicted)[ok], np.asarray(actual)[ok]
+    if len(predicted) < 3 or np.std(predicted) == 0 or np.std(actual) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "slope": float("nan")}
+    slope = float(np.dot(predicted, actual) / np.dot(predicted, predicted))
+    return {"pearson": float(stats.pearsonr(predicted, actual)[0]), "spearman": float(stats.spearmanr(predicted, actual)[0]),
+            "slope": slope}
+
+
+def lds_subsets(n: int, fraction: float, n_subsets: int, seed: int) -> list[list[int]]:
+    """Random subsets S_j holding ``fraction`` of the n pretraining examples (sorted row indices), seeded."""
+    size = max(1, round(fraction * n))
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 4242]).generate_state(1)[0]))
+    return [sorted(torch.randperm(n, generator=gen)[:size].tolist()) for _ in range(n_subsets)]
+
+
+def lds_predictions(scores: torch.Tensor, subsets: list[list[int]]) -> np.ndarray:
+    """Predicted change of each test loss when training on S_j only: ``Σ_{i∉S_j} score[t, i]``; (n_subsets, n_test)."""
+    total = scores.sum(1)
+    return np.stack([(total - scores[:, s].sum(1)).cpu().numpy() for s in subsets])
+
+
+def lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, np.ndarray]:
+    """Linear datamodeling score (Park et al. 2023): Spearman across subsets, per test, averaged over tests.
+
+    ``predicted`` and ``actual`` are (n_subsets, n_test); returns (mean, per-test correlations). A subset
+    whose retraining diverged (actual NaN, its rows flagged) is left out of that test's correlation.
+    """
+    from scipy import stats
+
+    def spearman(p, a):
+        ok = np.isfinite(p) & np.isfinite(a)
+        return stats.spearmanr(p[ok], a[ok])[0] if ok.sum() >= 3 else float("nan")
+
+    per_test = np.array([spearman(predicted[:, t], actual[:, t]) for t in range(predicted.shape[1])])
+    return float(np.nanmean(per_test)), per_test
+
+
+def _quantiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair (along the last axis); NaN where a row is constant."""
+    x = x - x.mean(-1, keepdims=True)
+    y = y - y.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(-1) / np.sqrt((x * x).sum(-1) * (y * y).sum(-1))
+
+
+def bootstrap_pearson(predicted: np.ndarray, actual: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """:func:`bootstrap_interval` of the Pearson correlation, all resamples at once (the same resamples and interval)."""
+    predicted, actual = np.asarray(predicted, float), np.asarray(actual, float)
+    if not (np.isfinite(predicted).all() and np.isfinite(actual).all()):  # flagged NaN rows: the per-resample filter
+        return bootstrap_interval(lambda idx: correlations(predicted[idx], actual[idx])["pearson"], len(predicted), n_boot, seed, level)
+    idx = _resamples(len(predicted), n_boot, seed)
+    r = _rowwise_pearson(predicted[idx], actual[idx])
+    return _quantiles(np.where(idx.shape[1] >= 3, r, np.nan), level)
+
+
+def bootstrap_lds(predicted: np.ndarray, actual: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """:func:`bootstrap_interval` of :func:`lds` over resampled subsets (rows), all resamples at once."""
+    from scipy import stats
+
+    predicted, actual = np.asarray(predicted, float), np.asarray(actual, float)
+    if not (np.isfinite(predicted).all() and np.isfinite(actual).all()):
+        return bootstrap_interval(lambda idx: lds(predicted[idx], actual[idx])[0], len(predicted), n_boot, seed, level)
+    idx = _resamples(len(predicted), n_boot, seed)  # (B, n_subsets)
+    rp = stats.rankdata(predicted[idx], axis=1)  # (B, n_subsets, n_test): Spearman = Pearson of ranks
+    ra = stats.rankdata(actual[idx], axis=1)
+    per_test = _rowwise_pearson(np.moveaxis(rp, 1, -1), np.moveaxis(ra, 1, -1))  # (B, n_test)
+    with warnings.catch_warnings():  # a resample where every test is constant: mean of nothing is NaN, dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _quantiles(np.nanmean(per_test, axis=1), level)
+
+
+def _resamples(n_items: int, n_boot: int, seed: int) -> np.ndarray:
+    """The index draws of :func:`bootstrap_interval`, as one (n_boot, n_items) array."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, n_items, n_items) for _ in range(n_boot)])
+
+
+def bootstrap_interval(stat, n_items: int, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(indices)`` over items resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n_items, n_items)) for _ in range(n_boot)]
+    values = np.asarray([v for v in values if np.isfinite(v)])
+    if not len(values):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
+    """Per-seed summary rows followed by one pooled row per (scenario, method, solver) with ``seed = "all"``.
+
+    Pooled leave-k-out: Pearson/Spearman/slope over the removal sets of every seed, bootstrap interval
+    over those sets. Pooled LDS: the mean of the per-(seed, test) Spearman correlations, bootstrap
+    interval over those (seed, test) pairs. Noise floors: RMS over seeds of the per-seed floors.
+    """
+    import pandas as pd
+
+    rows = []
+    keys = ["scenario", "method", "solver"]
+    for (scenario, method, solver), g in per_seed.groupby(keys, sort=False):
+        sel = (lko.scenario == scenario) & (lko.method == method) & (lko.solver == solver)
+        pred, act = lko.loc[sel, "predicted"].to_numpy(), lko.loc[sel, "actual"].to_numpy()
+        c = correlations(pred, act)
+        lo, hi = bootstrap_pearson(pred, act, n_boot, seed)
+        row = {**{k: v for k, v in zip(keys, (scenario, method, solver), strict=True)}, "seed": "all",
+               "pearson": c["pearson"], "spearman": c["spearman"], "slope": c["slope"], "pearson_lo": lo, "pearson_hi": hi,
+               "n_sets": int(sel.sum()), "lds": float("nan"), "lds_lo": float("nan"), "lds_hi": float("nan")}
+        for col in ("noise_floor", "noise_floor_seed"):
+            if col in g:
+                row[col] = float(np.sqrt(np.nanmean(g[col].to_numpy(float) ** 2))) if g[col].notna().any() else float("nan")
+        d = lds_table[(lds_table.scenario == scenario) & (lds_table.method == method) & (lds_table.solver == solver)]
+        if len(d):
+            per_test = np.array([lds(t.pivot(index="subset_id", columns="test_id", values="predicted").to_numpy(),
+                                     t.pivot(index="subset_id", columns="test_id", values="actual").to_numpy())[1]
+                                 for _, t in d.groupby("seed")]).reshape(-1)
+            row["lds"] = float(np.nanmean(per_test))
+            row["lds_lo"], row["lds_hi"] = bootstrap_interval(lambda idx, v=per_test: float(np.nanmean(v[idx])), len(per_test), n_boot, seed)
+        rows.append(row)
+    out = pd.concat([per_seed.astype({"seed": str}), pd.DataFrame(rows)], ignore_index=True)
+    return out[list(per_seed.columns)]

@@ -1,0 +1,76 @@
+"""Retraining both stages without a set of pretraining examples — the ground truth scores predict.
+
+Protocol (method.md, "Validation"): warm start from the trained optimum, same seed and data order
+(training is full batch and deterministic), pretraining objective with the removed examples' weights
+set to 0 (the denominator stays n: exactly the ε = −1/n per example that a score predicts), L-BFGS
+to ``grad_tol`` then Newton polishing; then finetune again from the finetuned optimum with the new
+``W_pt``. The retrained test losses minus the original ones are the *actual* removal effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from msif.task.data import Split
+from msif.task.objectives import FinetuneObjective, PretrainObjective, finetune_losses
+from msif.task.training import minimize
+
+
+@dataclass
+class Retrained:
+    test_losses: torch.Tensor
+    pretrain: dict
+    finetune: dict
+
+
+def test_losses(ft: FinetuneObjective, params: torch.Tensor, test: Split) -> torch.Tensor:
+    """``f_t`` for every test example at finetuning parameters ``params``."""
+    theta, w = ft.split(params)
+    return finetune_losses(ft.model, w, theta, test.x, test.y)
+
+
+def retrain_both_stages(pt: PretrainObjective, pt_params: torch.Tensor, ft: FinetuneObjective, ft_params: torch.Tensor,
+                        test: Split, removed: list[int], grad_tol: float, max_iter: int, start_noise: float = 0.0,
+                        generator: torch.Generator | None = None, newton_steps: int = 8) -> Retrained:
+    """Retrain pretraining without ``removed`` (row indices), then finetuning; return the new test losses.
+
+    ``start_noise`` > 0 perturbs the warm starts by Gaussian noise of that scale (noise-floor runs);
+    ``newton_steps``: Newton polishing steps after each L-BFGS (``training.newton_steps``).
+    """
+    weights = torch.ones(pt.n, dtype=pt_params.dtype, device=pt_params.device)
+    if removed:
+        weights[torch.as_tensor(removed, device=weights.device)] = 0.0
+    reduced = PretrainObjective(pt.model, pt.data, pt.l2, weights)
+
+    def start(x: torch.Tensor) -> torch.Tensor:
+        if not start_noise:
+            return x
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return x + start_noise * noise
+
+    new_pt = minimize(reduced, start(pt_params), grad_tol=grad_tol, max_iter=max_iter, newton_steps=newton_steps)
+    w_pt = new_pt.params[: pt.p_w]
+    new_ft_obj = FinetuneObjective(ft.model, ft.data, ft.l2, w_pt, ft.scenario, ft.alpha)
+    warm = ft_params
+    if ft.scenario == "updated":  # keep the finetuned displacement W_ft − W_pt, re-anchored at the new W_pt
+        warm = torch.cat([ft_params[: ft.p_theta], w_pt + (ft_params[ft.p_theta :] - ft.w_pt)])
+    new_ft = minimize(new_ft_obj, start(warm), grad_tol=grad_tol, max_iter=max_iter, newton_steps=newton_steps)
+    return Retrained(test_losses(new_ft_obj, new_ft.params, test).detach(), new_pt.summary(), new_ft.summary())
+
+
+def retrain_from_scratch(pt: PretrainObjective, ft: FinetuneObjective, init: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                         test: Split, grad_tol: float, max_iter: int, newton_steps: int = 8) -> Retrained:
+    """Train both stages on the *full* data from a fresh initialisation ``init = (w, u, θ)``.
+
+    The cold-start noise floor (method.md, "Retraining noise floor ... under another seed"): the same
+    objectives as the run, another seed's starting point, so the test losses show how far apart two
+    equally valid trainings land — the spread a removal effect has to exceed to mean anything.
+    """
+    w, u, theta = init
+    new_pt = minimize(pt, torch.cat([w, u]), grad_tol=grad_tol, max_iter=max_iter, newton_steps=newton_steps)
+    w_pt = new_pt.params[: pt.p_w]
+    new_ft_obj = FinetuneObjective(ft.model, ft.data, ft.l2, w_pt, ft.scenario, ft.alpha)
+    new_ft = minimize(new_ft_obj, new_ft_obj.initial(theta), grad_tol=grad_tol, max_iter=max_iter, newton_steps=newton_steps)
+    return Retrained(test_losses(new_ft_obj, new_ft.params, test).detach(), new_pt.summary(), new_ft.summary())

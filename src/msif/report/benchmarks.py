@@ -1,0 +1,184 @@
+"""docs/benchmarks.md, generated from the benchmark tables under results/bench/: ``python -m msif.report.benchmarks`` (``make docs``).
+
+Every number on that page is read from a file a benchmark wrote; none is typed by hand. Each table is
+headed by the file it comes from, the date the file was written (its modification time, UTC), the
+settings its JSON sidecar records, and the command that writes it. A file that does not exist is listed
+as "not yet measured" with that command. The page is stamped with the git commit of the working tree
+it was generated in (short hash; "dirty" when tracked files differ from that commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from msif import io
+
+TITLE = "# Benchmarks"
+GENERATOR = "python -m msif.report.benchmarks"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One benchmark file under the results folder and what writes it."""
+
+    path: str  # relative to the results folder
+    title: str
+    target: str | None  # the make target that writes it; None: no target writes it yet
+    about: str  # what the table answers
+    meta: str | None = None  # the JSON sidecar with machine and settings, relative to the results folder
+    fallback: str | None = None  # a CSV rendered when ``path`` (a markdown file) is missing or empty
+
+
+SOURCES = (
+    Source("solvers.csv", "Solvers against the exact scores (default model)", "bench",
+           "Each solver × stage × scenario against the exact (dense) scores: Pearson, Spearman and top-10 overlap per test "
+           "example (mean; `pearson_min` the worst), wall time including any fit, extra peak memory, curvature products, the "
+           "largest relative residual against the true curvature, `converged`. Rows with `curvature = ggn` solve the "
+           "Gauss–Newton matrix and are compared with the exact Hessian scores.", "solvers.json"),
+    Source("cost.csv", "Cost of scoring (default model)", "bench",
+           "Scoring 1, 10 and 100 test examples end to end (finetune_ihvp, cross_stage_vector, pretrain_ihvp, scores), by step, "
+           "in seconds and in pretraining epochs (one forward + backward pass of the mean loss over the pretraining set): "
+           "`cold` with the one-off fits, `warm` reusing them, `warm_unchecked` also without the residual checks.",
+           "solvers.json"),
+    Source("scale_solvers.csv", "Solvers on a model too big for a dense Hessian (config/scale.yaml)", "bench-scale",
+           "As `solvers.csv`, against a tightly converged block CG (no dense Hessian fits); `cg@k` / `pcg@k` stop after k "
+           "iterations.", "scale_solvers.json"),
+    Source("scale_cost.csv", "Cost of scoring at scale (config/scale.yaml)", "bench-scale",
+           "As `cost.csv` on the CNN; `scores_jvp_s`: the dot products as one JVP per test column; "
+           "`scores_rank<r>_*`: the low-rank query of rank r (`influence.query_rank`), its time and its agreement with the "
+           "exact dot products.", "scale_cost.json"),
+    Source("peers.md", "msif beside captum, dattri, pyDVL, kronfluence and TRAK (default model)", "bench-peers",
+           "Every library's scores aligned to msif's convention (removal effect, 1/n, (n_test, n_train), damping in msif's "
+           "unit) and compared with msif's exact scores; the validation problems score each library's single-stage scores "
+           "against the leave-k-out and LDS retraining of the default run.", "peers.json", fallback="peers.csv"),
+    Source("peers-cnn/peers.md", "msif beside the peers on the scale config's CNN", "bench-peers-cnn",
+           "The single-stage problem on config/scale.yaml's CNN, against msif's CG to relative residual 1e-6 (float64).",
+           "peers-cnn/peers.json", fallback="peers-cnn/peers.csv"),
+    Source("run_time.csv", "Whole-workflow run time", None,
+           "Wall time of workflow runs, as the file records them."),
+    Source("lds_protocol.csv", "LDS protocol", None,
+           "The linear datamodeling score (LDS) under the protocol settings the file records."),
+)
+
+
+def git_stamp(repo: Path, exclude: Path | None = None) -> str:
+    """``<short hash>``, with `` (dirty)`` when tracked files differ from it; ``unknown`` outside a git checkout.
+
+    ``exclude``: a file whose own changes do not count (the generated page itself).
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        spec = ["--", "."]
+        if exclude is not None:
+            try:
+                spec.append(f":(exclude){exclude.resolve().relative_to(Path(git('rev-parse', '--show-toplevel')).resolve())}")
+            except ValueError:  # the page lies outside the checkout
+                pass
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", *spec))
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head} (dirty)" if dirty else head
+
+
+def written(path: Path) -> str:
+    """The date ``path`` was written: its modification time, UTC."""
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cell(value) -> str:
+    """One table cell: floats to 4 significant digits, NaN empty, pipes escaped."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def settings(path: Path) -> str | None:
+    """The scalar entries (and short lists) of a benchmark's JSON sidecar, as one line; None if absent or unreadable."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    parts = []
+    for key, value in meta.items():
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        elif isinstance(value, str | int | bool) or value is None:
+            parts.append(f"{key} {value}")
+        elif isinstance(value, list) and len(value) <= 4 and all(isinstance(v, int | float) for v in value):
+            parts.append(f"{key} " + "/".join(f"{v:.3g}" for v in value))
+    return "; ".join(parts).replace("|", "\\|") or None
+
+
+def command(source: Source) -> str:
+    return f"`make {source.target}`" if source.target else "no make target writes it yet"
+
+
+def section(source: Source, results: Path) -> str:
+    """One source's section: its table (or embedded markdown), or the "not yet measured" line."""
+    head = f"## {source.title}\n\n{source.about}\n\n"
+    path = results / source.path
+    if source.path.endswith(".md") and (not path.is_file() or not path.read_text().strip()) and source.fallback:
+        path = results / source.fallback
+    if not path.is_file():
+        if source.target:
+            return head + f"Not yet measured: run `make {source.target}` (it writes `{results / source.path}`).\n"
+        return head + f"Not yet measured: no make target writes `{results / source.path}` yet.\n"
+    lines = [f"From `{path}`, written {written(path)} by {command(source)}."]
+    meta = settings(results / source.meta) if source.meta else None
+    if meta:
+        lines.append(f"Settings ({source.meta}): {meta}.")
+    if path.suffix == ".md":
+        body = path.read_text().strip()
+    else:
+        try:
+            body = markdown_table(pd.read_csv(path))
+        except (ValueError, pd.errors.ParserError) as err:
+            body = f"Unreadable: {type(err).__name__}: {err}"
+    return head + "\n".join(lines) + "\n\n" + body + "\n"
+
+
+def render(results: Path, repo: Path, out: Path | None = None) -> str:
+    """The whole page for the benchmark files under ``results``, stamped with ``repo``'s commit."""
+    intro = (f"{TITLE}\n\n"
+             f"Generated by `{GENERATOR}` (`make docs`) from the files under `{results}/` at commit "
+             f"**{git_stamp(repo, out)}**. Do not edit by hand: rerun the benchmark, then `make docs`. Each table gives the "
+             "date its file was written; times are wall-clock on the machine that wrote it (its sidecar's settings), so "
+             "compare rows of one table, not tables. What the benchmarks measure and how to read them: "
+             "[solvers.md](solvers.md) and [validation.md](validation.md).\n")
+    return "\n".join([intro, *(section(s, results) for s in SOURCES)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog=f"{GENERATOR}", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default="results/bench", help="folder of the benchmark files (default: results/bench)")
+    p.add_argument("--out", default="docs/benchmarks.md", help="page to write (default: docs/benchmarks.md)")
+    p.add_argument("--repo", default=".", help="git checkout whose commit stamps the page (default: .)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    text = render(Path(args.results), Path(args.repo), out)
+    io.write_text(out, text)
+    missing = sum(line.startswith("Not yet measured") for line in text.splitlines())
+    print(f"wrote {out}: {len(SOURCES) - missing} of {len(SOURCES)} benchmark files found under {args.results}")
+
+
+if __name__ == "__main__":
+    main()

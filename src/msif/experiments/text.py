@@ -11,7 +11,7 @@ Tokeniser: lower-case, ``[a-z]+`` runs (the newsgroups file is already lower-cas
 the ``data.vocab_size`` words most frequent in the movie sentences among those occurring at least
 ``data.min_count`` times in the newsgroups corpus (ties by the word), so every word has pretraining data
 and is relevant to finetuning. Out-of-vocabulary tokens are dropped; inputs are token ids padded with
-``PAD = -1`` to ``chunk_length`` (stored as floats by :class:`msif.data.Split`, turned back by ``x.long()``).
+``PAD = -1`` to ``chunk_length`` (stored as floats by :class:`msif.task.data.Split`, turned back by ``x.long()``).
 
 Model (method.md's names): ``W = E`` the embedding matrix (vocab × dim); ``U`` the CBOW output layer
 (full softmax over the vocabulary); ``Θ`` a classifier head on mean-pooled embeddings. The body returns

@@ -1,4 +1,4 @@
-"""Baselines scored under the same validation as multi-stage influence (issue: what does it buy?).
+"""Baselines scored under the same validation as multi-stage influence: what does the multi-stage chain buy?
 
 Each returns a (n_test, n_pretrain) matrix where larger means "more helpful" (a proponent), like a
 removal-effect score; only the multi-stage and single-stage ones are in test-loss units.

@@ -49,7 +49,7 @@ def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solv
                   eigh: Eigh | None = None) -> Solve:
     """``v = (H_ft + λI)⁻¹ ∇f`` (fixed: over Θ) or ``(H̃_ft + λI)⁻¹ ∇_{Θ,W} f`` (updated), all tests at once.
 
-    ``solver``: a name of ``msif.curvature.SOLVERS`` or ``<finetune>+<pretrain>`` (this stage uses the
+    ``solver``: a name of ``msif.arguments.SOLVERS`` or ``<finetune>+<pretrain>`` (this stage uses the
     first); ``options``: the ``influence`` config block (``curvature`` and per-solver blocks); ``eigh``: a
     prebuilt dense factorisation for the exact solver.
     """

@@ -62,13 +62,13 @@ def upweight_influence(pt: PretrainObjective, params: torch.Tensor, s: torch.Ten
     ``rows`` (from :func:`shard_rows`) restricts z to one shard: shape (n_test, rows), the same numbers as
     those columns of the unsharded result. Memory: one batch of per-example gradients (batch_size × p).
     ``method``: ``layers`` builds each batch's per-example gradients from the Linear/Conv2d layers' inputs
-    and output gradients of one forward + backward (:func:`msif.kfac.per_example_dots`); ``vmap``
+    and output gradients of one forward + backward (:func:`msif.core.layers.per_example_dots`); ``vmap``
     differentiates every example separately (``torch.func.vmap`` of ``grad``; any model); ``auto``:
     ``jvp`` when ``s`` has at most ``JVP_MAX_COLUMNS`` columns (:func:`upweight_influence_jvp`), else
     ``layers`` when every parameter sits in such a layer, else ``vmap``.
 
     ``query_rank`` (``influence.query_rank``; None: exact): each layer's block of every column of ``s``
-    is truncated to rank r first (:class:`msif.kfac.LowRankQuery`), so a position of a layer costs
+    is truncated to rank r first (:class:`msif.core.layers.LowRankQuery`), so a position of a layer costs
     r·(out + in) multiply-adds per column instead of out·in — only in the layers where that is fewer
     (the others stay exact); needs the ``layers`` method.
     """

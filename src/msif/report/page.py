@@ -203,7 +203,7 @@ def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
-    """A warning listing the leave-k-out rows whose ``flag`` is not ``ok`` (msif.health), one table row per
+    """A warning listing the leave-k-out rows whose ``flag`` is not ``ok`` (msif.validation.health), one table row per
     (scenario, method, solver, flag) with its number of rows and test ids; empty when none."""
     if "flag" not in lko or (lko["flag"] == "ok").all():
         return ""

@@ -1,5 +1,5 @@
 """The text experiment's part of the HTML report: sentences instead of images, word-level highlights,
-and the case-deletion table and plot of the TracIn family (see msif.tracin, msif.case_deletion)."""
+and the case-deletion table and plot of the TracIn family (see msif.influence.tracin, msif.validation.case_deletion)."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def scores_shard(config: dict, scenario: str, solver: str, data_path: str, pretr
                shard: int | None = None) -> None:
     """Step 4: ``score[t, i] = sᵀ∇l(z_i) / n`` (removal effect), streamed over pretraining batches.
 
-    With ``shard`` (0..influence.shards-1): only that shard's pretraining rows (:func:`msif.influence.shard_rows`),
+    With ``shard`` (0..influence.shards-1): only that shard's pretraining rows (:func:`msif.influence.scoring.shard_rows`),
     saved with their ``rows``; :func:`scores` joins the shards into the full matrix.
     """
     exp = experiment(config, data_path)

@@ -22,7 +22,7 @@ log = logging.getLogger("msif")
 OK = "ok"
 # A trained point whose smallest curvature estimate is below -SADDLE_TOL · max(1, |largest|) is a saddle.
 SADDLE_TOL = 1e-8
-# Training counts as converged up to this factor above its grad_tol (msif.training.minimize warns beyond it).
+# Training counts as converged up to this factor above its grad_tol (msif.task.training.minimize warns beyond it).
 GRAD_SLACK = 100.0
 
 

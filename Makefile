@@ -110,3 +110,9 @@ bench-peers-cnn: setup peers-setup data-apt
 paper: setup
 	$(SNAKEMAKE) --profile $(PROFILE) --configfile config/paper.yaml $(ARGS)
 	$(SNAKEMAKE) --profile $(PROFILE) --configfile config/paper-mnist.yaml $(ARGS)
+
+# docs/benchmarks.md, generated from the benchmark tables under results/bench/ (never typed by hand):
+# run the benchmarks you want (make bench, bench-scale, bench-peers, bench-peers-cnn) first.
+.PHONY: docs
+docs: $(VENV)/.installed
+	$(PY) -m msif.report.benchmarks --results results/bench --out docs/benchmarks.md

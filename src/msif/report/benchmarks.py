@@ -33,7 +33,7 @@ class Source:
     title: str
     target: str | None  # the make target that writes it; None: no target writes it yet
     about: str  # what the table answers
-    meta: str | None = None  # the JSON sidecar with machine and settings, relative to the results folder
+    meta: tuple[str, ...] = ()  # JSON sidecars with machine and settings (the first that exists), relative to the results folder
     fallback: str | None = None  # a CSV rendered when ``path`` (a markdown file) is missing or empty
 
 
@@ -42,28 +42,30 @@ SOURCES = (
            "Each solver × stage × scenario against the exact (dense) scores: Pearson, Spearman and top-10 overlap per test "
            "example (mean; `pearson_min` the worst), wall time including any fit, extra peak memory, curvature products, the "
            "largest relative residual against the true curvature, `converged`. Rows with `curvature = ggn` solve the "
-           "Gauss–Newton matrix and are compared with the exact Hessian scores.", "solvers.json"),
+           "Gauss–Newton matrix and are compared with the exact Hessian scores.", ("solvers.json",)),
     Source("cost.csv", "Cost of scoring (default model)", "bench",
            "Scoring 1, 10 and 100 test examples end to end (finetune_ihvp, cross_stage_vector, pretrain_ihvp, scores), by step, "
            "in seconds and in pretraining epochs (one forward + backward pass of the mean loss over the pretraining set): "
            "`cold` with the one-off fits, `warm` reusing them, `warm_unchecked` also without the residual checks.",
-           "solvers.json"),
+           ("cost.json", "solvers.json")),
     Source("scale_solvers.csv", "Solvers on a model too big for a dense Hessian (config/scale.yaml)", "bench-scale",
            "As `solvers.csv`, against a tightly converged block CG (no dense Hessian fits); `cg@k` / `pcg@k` stop after k "
-           "iterations.", "scale_solvers.json"),
+           "iterations.", ("scale_solvers.json",)),
     Source("scale_cost.csv", "Cost of scoring at scale (config/scale.yaml)", "bench-scale",
            "As `cost.csv` on the CNN; `scores_jvp_s`: the dot products as one JVP per test column; "
            "`scores_rank<r>_*`: the low-rank query of rank r (`influence.query_rank`), its time and its agreement with the "
-           "exact dot products.", "scale_cost.json"),
+           "exact dot products.", ("scale_cost.json",)),
     Source("peers.md", "msif beside captum, dattri, pyDVL, kronfluence and TRAK (default model)", "bench-peers",
            "Every library's scores aligned to msif's convention (removal effect, 1/n, (n_test, n_train), damping in msif's "
            "unit) and compared with msif's exact scores; the validation problems score each library's single-stage scores "
-           "against the leave-k-out and LDS retraining of the default run.", "peers.json", fallback="peers.csv"),
+           "against the leave-k-out and LDS retraining of the default run.", ("peers.json",), fallback="peers.csv"),
     Source("peers-cnn/peers.md", "msif beside the peers on the scale config's CNN", "bench-peers-cnn",
            "The single-stage problem on config/scale.yaml's CNN, against msif's CG to relative residual 1e-6 (float64).",
-           "peers-cnn/peers.json", fallback="peers-cnn/peers.csv"),
-    Source("run_time.csv", "Whole-workflow run time", None,
-           "Wall time of workflow runs, as the file records them."),
+           ("peers-cnn/peers.json",), fallback="peers-cnn/peers.csv"),
+    Source("run_time.csv", "Where a workflow run's time goes", "bench-run",
+           "The workflow run as `make run` runs it (the default config, then the tiny one), one row per config and rule — "
+           "jobs, wall time, CPU time, start-up time — plus per-config summary rows `(jobs)` and `(run)`; every row carries the "
+           "machine's load average before, during and after its run.", ("run_time.json",)),
     Source("lds_protocol.csv", "LDS protocol", None,
            "The linear datamodeling score (LDS) under the protocol settings the file records."),
 )
@@ -97,9 +99,9 @@ def written(path: Path) -> str:
 
 
 def cell(value) -> str:
-    """One table cell: floats to 4 significant digits, NaN empty, pipes escaped."""
+    """One table cell: floats to 6 significant digits (a Pearson of 0.99999 is not 1), NaN empty, pipes escaped."""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
+        return "" if math.isnan(value) else f"{value:.6g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -128,10 +130,6 @@ def settings(path: Path) -> str | None:
     return "; ".join(parts).replace("|", "\\|") or None
 
 
-def command(source: Source) -> str:
-    return f"`make {source.target}`" if source.target else "no make target writes it yet"
-
-
 def section(source: Source, results: Path) -> str:
     """One source's section: its table (or embedded markdown), or the "not yet measured" line."""
     head = f"## {source.title}\n\n{source.about}\n\n"
@@ -142,10 +140,11 @@ def section(source: Source, results: Path) -> str:
         if source.target:
             return head + f"Not yet measured: run `make {source.target}` (it writes `{results / source.path}`).\n"
         return head + f"Not yet measured: no make target writes `{results / source.path}` yet.\n"
-    lines = [f"From `{path}`, written {written(path)} by {command(source)}."]
-    meta = settings(results / source.meta) if source.meta else None
+    lines = [f"From `{path}`, written {written(path)}" + (f" by `make {source.target}`." if source.target else ".")]
+    sidecar = next((m for m in source.meta if (results / m).is_file()), None)
+    meta = settings(results / sidecar) if sidecar else None
     if meta:
-        lines.append(f"Settings ({source.meta}): {meta}.")
+        lines.append(f"Settings ({sidecar}): {meta}.")
     if path.suffix == ".md":
         body = path.read_text().strip()
     else:
@@ -153,14 +152,15 @@ def section(source: Source, results: Path) -> str:
             body = markdown_table(pd.read_csv(path))
         except (ValueError, pd.errors.ParserError) as err:
             body = f"Unreadable: {type(err).__name__}: {err}"
-    return head + "\n".join(lines) + "\n\n" + body + "\n"
+    return head + "\n\n".join([*lines, body]) + "\n"
 
 
 def render(results: Path, repo: Path, out: Path | None = None) -> str:
     """The whole page for the benchmark files under ``results``, stamped with ``repo``'s commit."""
     intro = (f"{TITLE}\n\n"
-             f"Generated by `{GENERATOR}` (`make docs`) from the files under `{results}/` at commit "
-             f"**{git_stamp(repo, out)}**. Do not edit by hand: rerun the benchmark, then `make docs`. Each table gives the "
+             f"Generated by `{GENERATOR}` (`make docs`) from the files under `{results}/` in a checkout at commit "
+             f"**{git_stamp(repo, out)}** (\"dirty\": tracked files differed from that commit). Do not edit by hand: rerun the "
+             "benchmark, then `make docs`. Each table gives the "
              "date its file was written; times are wall-clock on the machine that wrote it (its sidecar's settings), so "
              "compare rows of one table, not tables. What the benchmarks measure and how to read them: "
              "[solvers.md](solvers.md) and [validation.md](validation.md).\n")
@@ -168,7 +168,7 @@ def render(results: Path, repo: Path, out: Path | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog=f"{GENERATOR}", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=GENERATOR, description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results/bench", help="folder of the benchmark files (default: results/bench)")
     p.add_argument("--out", default="docs/benchmarks.md", help="page to write (default: docs/benchmarks.md)")
     p.add_argument("--repo", default=".", help="git checkout whose commit stamps the page (default: .)")

@@ -271,7 +271,7 @@ def test_tensor_file_not_matching_its_sidecar_is_refused(steps_copy):
 
 # Loads in msif.steps that cannot check arguments: the caller's config holds no key the artifact was computed under.
 LOADS_WITHOUT_ARGS = {
-    "_method_scores": "compare gets only seed and validation keys; the scores' sidecar problems are read instead",
+    "method_scores": "compare gets only seed and validation keys; the scores' sidecar problems are read instead",
     "load_scores": "text: TracIn scores read by case_deletion_sets, whose params hold only seed and tracin.ks",
     "case_deletion_retrain": "text: its params are the SGD run's, not the tracin_scores job's",
     "lds_subsets": "only the pretraining set size is read (could pass {'seed': ...})",

@@ -6,7 +6,7 @@ Solver names are listed here only (``SOLVERS``); a new solver is added here and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 SOLVERS = ("exact", "cg", "lissa", "arnoldi", "ekfac", "pcg")
 OPTION_BLOCKS = SOLVERS[1:]  # solvers with a config block influence.<name> (exact has none)
@@ -95,6 +95,49 @@ def options_of(cls, block: dict | None):
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}: allowed {allowed}")
     return cls(**block)
+
+
+OPTIONS = {"cg": CGOptions, "lissa": LissaOptions, "arnoldi": ArnoldiOptions, "ekfac": EKFACOptions, "pcg": PCGOptions}
+
+
+@dataclass(frozen=True)
+class SolveArguments:
+    """How each stage solves ``(C + λI) x = b``: config block ``influence`` (defaults equal the schema's).
+
+    ``damping`` λ (method.md's one unit: C is the curvature of the *mean* objective), ``curvature``
+    ``hessian`` or ``ggn``, ``lanczos_iters`` for the extreme-eigenvalue estimate every iterative solve
+    reports (0 skips it), and one options object per solver that has options.
+    """
+
+    damping: float = 0.0
+    curvature: str = "hessian"
+    lanczos_iters: int = 60
+    cg: CGOptions = field(default_factory=CGOptions)
+    lissa: LissaOptions = field(default_factory=LissaOptions)
+    arnoldi: ArnoldiOptions = field(default_factory=ArnoldiOptions)
+    ekfac: EKFACOptions = field(default_factory=EKFACOptions)
+    pcg: PCGOptions = field(default_factory=PCGOptions)
+
+    def __post_init__(self):
+        if not self.damping >= 0:
+            raise ValueError(f"influence.damping={self.damping!r}: must be >= 0")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"influence.curvature={self.curvature!r}: allowed {list(CURVATURES)}")
+        if not (isinstance(self.lanczos_iters, int) and self.lanczos_iters >= 0):
+            raise ValueError(f"influence.lanczos_iters={self.lanczos_iters!r}: must be an integer >= 0")
+
+    @classmethod
+    def from_config(cls, influence: dict | None) -> SolveArguments:
+        """From the ``influence`` block; its other keys (n_test, batch_size, shards, ...) are not the solve's."""
+        b = dict(influence or {})
+        return cls(damping=b.get("damping", 0.0), curvature=b.get("curvature", "hessian"), lanczos_iters=b.get("lanczos_iters", 60),
+                   **{name: options_of(cls_, b.get(name)) for name, cls_ in OPTIONS.items()})
+
+    def options(self, solver: str):
+        """The options object of one stage's solver (``None`` for ``exact``, which has none)."""
+        if solver not in SOLVERS:
+            raise ValueError(f"solver={solver!r}: allowed {list(SOLVERS)}")
+        return getattr(self, solver, None)
 
 
 def stage_solvers(name: str) -> tuple[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 
 import numpy as np
 import torch
@@ -14,19 +13,15 @@ from msif import io
 from msif.core.solvers import Eigh
 from msif.influence.baselines import baseline_scores
 from msif.steps.common import finetune_args, influence_options, load_stages, newton_steps, train_args
-from msif.task.training import TrainingError
+from msif.task.training import ANOTHER_MINIMUM, TrainingError
 from msif.validation import health, metrics
+from msif.validation.compare import ScenarioInputs, compare_tables, read_csvs
 from msif.validation.metrics import (
     batches,
-    bootstrap_lds,
-    bootstrap_pearson,
-    correlations,
-    lds,
-    lds_predictions,
     pooled_summary,
-    predicted_effects,
 )
-from msif.validation.retraining import retrain_both_stages, retrain_from_scratch, test_losses
+from msif.validation.noise import NOISE_KINDS, noise_seed
+from msif.validation.retraining import Preconditioners, retrain_both_stages, retrain_from_scratch, test_losses
 
 log = logging.getLogger("msif")
 
@@ -40,9 +35,43 @@ def removal_sets(config: dict, scores_path: str, out: str) -> None:
     io.write_json(out, {"sets": sets, "batches": batches(len(sets), v["sets_per_job"])})
 
 
+def preconditioners(config: dict, pt, pt_params: torch.Tensor, ft, ft_params: torch.Tensor) -> Preconditioners | None:
+    """``retraining.method: newton``: each stage's spectral preconditioner, built once per job; ``lbfgs``: None."""
+    if config["retraining"].get("method", "lbfgs") != "newton":
+        return None
+    t0 = time.perf_counter()
+    out = Preconditioners.of(pt, pt_params, ft, ft_params)
+    log.info("Newton-PCG preconditioners in %.2f s: %d (pretraining) and %d (finetuning) Ritz pairs", time.perf_counter() - t0,
+             out.pretrain.values.numel(), out.finetune.values.numel())
+    return out
+
+
+SOLVE_COLUMNS = ("method", "lbfgs_iterations", "newton_steps", "cg_iterations", "guard", "newton_gap")
+
+
+def solve_columns(res) -> dict:
+    """How each stage of one retraining was solved: ``<stage>_<key>`` for the keys of :data:`SOLVE_COLUMNS`."""
+    return {f"{stage}_{k}": info.get(k) for stage, info in (("pretrain", res.pretrain), ("finetune", res.finetune)) for k in SOLVE_COLUMNS}
+
+
+def landing_problems(name: str, res) -> list[str]:
+    """Newton–PCG handed back to L-BFGS, which landed in another minimum: the row's actual effect is L-BFGS's (the
+    protocol's), and the flag says that another minimum lies near the warm start (a fold, method.md)."""
+    out = []
+    for stage, info in (("pretraining", res.pretrain), ("finetuning", res.finetune)):
+        gap = info.get("newton_gap")
+        if gap is not None and gap > ANOTHER_MINIMUM:
+            out.append(f"retrain {name}: {stage} has two minima near the warm start (Newton-PCG landed {gap:.2f} x L-BFGS's "
+                       f"displacement away; L-BFGS's is kept)")
+    for p in out:
+        log.warning("problem: %s", p)
+    return out
+
+
 def retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_path: str, finetune_path: str,
                 sets_path: str, out: str) -> None:
-    """Retrain both stages without each removal set of one batch; record the actual Δ test loss."""
+    """Retrain both stages without each removal set of one batch; record the actual Δ test loss and how each stage was
+    solved (``retraining.method``; columns :func:`solve_columns`)."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -50,6 +79,7 @@ def retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_pa
     base = test_losses(ft, ft_params, exp.test)
     spec = io.read_json(sets_path)
     r = config["retraining"]
+    precond = preconditioners(config, pt, pt_params, ft, ft_params)
     rows = []
     for idx in tqdm(spec["batches"][batch], desc=f"retrain[{scenario}] batch {batch}", mininterval=5):
         s = spec["sets"][idx]
@@ -59,68 +89,66 @@ def retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_pa
                "selection": s["selection"], "k": s["k"]}
         try:
             res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, s["members"], r["grad_tol"], r["max_iter"],
-                                      newton_steps=newton_steps(config))
+                                      newton_steps=newton_steps(config), precond=precond)
         except TrainingError as err:  # keep the row, flagged: a diverged retraining is a result, not a gap
             log.error("%s: retraining diverged: %s", s["set_id"], err)
             rows.append({**row, "actual": float("nan"), "pretrain_grad_norm": float("nan"), "finetune_grad_norm": float("nan"),
                          "seconds": time.perf_counter() - t0, "flag": f"retrain {s['set_id']}: diverged ({err})"})
             continue
-        problems = health.retrain_problems(s["set_id"], res.pretrain, res.finetune, r["grad_tol"])
+        problems = health.retrain_problems(s["set_id"], res.pretrain, res.finetune, r["grad_tol"]) + landing_problems(s["set_id"], res)
         rows.append({**row, "actual": float(res.test_losses[t] - base[t]),
                      "pretrain_grad_norm": res.pretrain["grad_norm"], "finetune_grad_norm": res.finetune["grad_norm"],
-                     "seconds": time.perf_counter() - t0, "flag": health.flag(problems)})
+                     **solve_columns(res), "seconds": time.perf_counter() - t0, "flag": health.flag(problems)})
         log.info("%s: actual %.4e (grad norms %.1e, %.1e)", s["set_id"], rows[-1]["actual"], res.pretrain["grad_norm"],
                  res.finetune["grad_norm"])
     io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
 
 
-NOISE_KINDS = ("warm", "seed")
+def noise_reps(config: dict) -> list[tuple[str, int]]:
+    """The noise-floor retrains of one scenario: ``validation.noise_repeats`` warm, then ``validation.seed_noise_repeats`` seed."""
+    v = config["validation"]
+    return [("warm", rep) for rep in range(v["noise_repeats"])] + [("seed", rep) for rep in range(v.get("seed_noise_repeats", 0))]
 
 
-def noise_seed(seed: int, kind: str, scenario: str, rep: int) -> int:
-    """The seed of one noise-floor retrain: distinct per (run seed, kind, scenario, rep), never the run's own."""
-    tag = [NOISE_KINDS.index(kind), zlib.crc32(scenario.encode())]
-    return int(np.random.SeedSequence([seed, rep, 7, *tag]).generate_state(1)[0] % 2**31)
+def noise_floor(config: dict, scenario: str, data_path: str, pretrain_path: str, finetune_path: str, out: str,
+                reps: list[tuple[str, int]] | None = None) -> None:
+    """Noise floor of one scenario, every retrain in one job: retrain both stages on the *full* set and record the change
+    of every test loss, one row per (kind, rep, test example).
 
-
-def noise_floor(config: dict, scenario: str, rep: int, data_path: str, pretrain_path: str, finetune_path: str, out: str,
-              kind: str = "warm") -> None:
-    """Noise floor: retrain both stages on the *full* set and record the change of every test loss.
-
-    ``kind="warm"``: the run's own procedure from a warm start perturbed by ``validation.noise_scale``;
-    ``kind="seed"``: a cold start from another seed's initialisation (method.md: "and under another seed").
+    ``reps``: the (kind, rep) pairs, by default :func:`noise_reps`. ``kind="warm"``: the run's own procedure
+    (``retraining.method``) from a warm start perturbed by ``validation.noise_scale``; ``kind="seed"``: a cold start
+    from another seed's initialisation (method.md: "and under another seed"). Each rep has its own seed
+    (:func:`noise_seed`), so the rows do not depend on which job computes them.
     """
     import pandas as pd
 
-
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"noise kind {kind!r}: allowed {list(NOISE_KINDS)}")
+    reps = noise_reps(config) if reps is None else list(reps)
+    for kind, _ in reps:
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"noise kind {kind!r}: allowed {list(NOISE_KINDS)}")
     exp, pt, pt_params, ft, ft_params = load_stages(config, scenario, data_path, pretrain_path, finetune_path)
     base = test_losses(ft, ft_params, exp.test)
     r = config["retraining"]
-    other = noise_seed(config["seed"], kind, scenario, rep)
-    if kind == "warm":
-        gen = torch.Generator().manual_seed(other)
-        res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, [], r["grad_tol"], r["max_iter"], newton_steps=newton_steps(config),
-                                  start_noise=config["validation"]["noise_scale"], generator=gen)
-    else:
-        init = exp.model.init_params(other, exp.dtype, exp.device)
-        res = retrain_from_scratch(pt, ft, init, exp.test, r["grad_tol"], r["max_iter"], newton_steps=newton_steps(config))
-    delta = (res.test_losses - base).cpu().numpy()
-    log.info("noise[%s] %s rep %d (seed %d): RMS Δ %.3e, max |Δ| %.3e", scenario, kind, rep, other,
-             np.sqrt(np.mean(delta**2)), np.abs(delta).max())
-    problems = health.retrain_problems(f"noise[{scenario}] {kind} rep {rep}", res.pretrain, res.finetune, r["grad_tol"])
-    io.write_text(out, pd.DataFrame({"scenario": scenario, "kind": kind, "rep": rep, "test_index": np.arange(len(delta)),
-                                     "actual": delta, "flag": health.flag(problems)}).to_csv(index=False))
-
-
-def noise_floors(noise: pd.DataFrame) -> dict[str, float]:  # noqa: F821 (pandas is imported lazily)
-    """RMS change of the test losses over the noise-floor retrains of each kind (NaN where there are none)."""
-    import pandas as pd
-
-    kinds = noise["kind"] if "kind" in noise else pd.Series("warm", index=noise.index)
-    return {k: float(np.sqrt(np.mean(noise.loc[kinds == k, "actual"] ** 2))) if (kinds == k).any() else float("nan")
-            for k in NOISE_KINDS}
+    precond = preconditioners(config, pt, pt_params, ft, ft_params) if any(kind == "warm" for kind, _ in reps) else None
+    frames = []
+    for kind, rep in reps:
+        other = noise_seed(config["seed"], kind, scenario, rep)
+        if kind == "warm":
+            gen = torch.Generator().manual_seed(other)
+            res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, [], r["grad_tol"], r["max_iter"],
+                                      newton_steps=newton_steps(config), start_noise=config["validation"]["noise_scale"], generator=gen,
+                                      precond=precond)
+        else:
+            init = exp.model.init_params(other, exp.dtype, exp.device)
+            res = retrain_from_scratch(pt, ft, init, exp.test, r["grad_tol"], r["max_iter"], newton_steps=newton_steps(config))
+        delta = (res.test_losses - base).cpu().numpy()
+        log.info("noise[%s] %s rep %d (seed %d): RMS Δ %.3e, max |Δ| %.3e", scenario, kind, rep, other,
+                 np.sqrt(np.mean(delta**2)), np.abs(delta).max())
+        problems = health.retrain_problems(f"noise[{scenario}] {kind} rep {rep}", res.pretrain, res.finetune, r["grad_tol"])
+        frames.append(pd.DataFrame({"scenario": scenario, "kind": kind, "rep": rep, "test_index": np.arange(len(delta)),
+                                    "actual": delta, "pretrain_method": res.pretrain.get("method"),
+                                    "finetune_method": res.finetune.get("method"), "flag": health.flag(problems)}))
+    io.write_text(out, pd.concat(frames, ignore_index=True).to_csv(index=False))
 
 
 def baselines(config: dict, scenario: str, data_path: str, pretrain_path: str, finetune_path: str, hessian_path: str | None,
@@ -180,7 +208,29 @@ def lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrai
     io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
 
 
-def _method_scores(scores_paths: dict, baselines_path: str | None, reference_solver: str) -> dict[tuple[str, str], tuple]:
+def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
+            leave_k_out_out: str, summary_out: str, baselines_paths: dict | None = None, lds_subsets_path: str | None = None,
+            lds_paths: dict | None = None, lds_out: str | None = None) -> None:
+    """One seed's validation tables: predicted (every method and solver) against actual effects (:func:`compare_tables`)."""
+    lds_paths = lds_paths or {}
+    subsets = io.read_json(lds_subsets_path)["subsets"] if lds_subsets_path else None
+    inputs = {s: ScenarioInputs(
+        methods=method_scores(scores_paths[s], (baselines_paths or {}).get(s), config["validation"]["reference_solver"]),
+        sets=io.read_json(sets_paths[s])["sets"], retrain=read_csvs(retrain_paths[s]), noise=read_csvs(noise_paths[s]),
+        lds=read_csvs(lds_paths[s]) if subsets is not None else None) for s in sets_paths}
+    lko, summary, lds_table = compare_tables(inputs, subsets, config["validation"]["bootstrap"], config["seed"])
+    lko["flag"] = health.row_flags(lko, (inp.retrain for inp in inputs.values()), scores_paths)
+    if (lko["flag"] != health.OK).any():
+        log.warning("%d of %d leave-k-out rows flagged (column 'flag'): %s", int((lko["flag"] != health.OK).sum()), len(lko),
+                    sorted(set(lko["flag"]) - {health.OK})[:10])
+    log.info("summary:\n%s", summary.to_string(index=False))
+    io.write_text(leave_k_out_out, lko.to_csv(index=False))
+    io.write_text(summary_out, summary.to_csv(index=False))
+    if lds_out:
+        io.write_text(lds_out, lds_table.to_csv(index=False))
+
+
+def method_scores(scores_paths: dict, baselines_path: str | None, reference_solver: str) -> dict[tuple[str, str], tuple]:
     """(method, solver) → (scores, test_ids) for multi-stage influence (every solver) and each baseline."""
     out = {}
     for solver, path in scores_paths.items():
@@ -191,66 +241,6 @@ def _method_scores(scores_paths: dict, baselines_path: str | None, reference_sol
         for method, scores in io.load_tensors(baselines_path).items():
             out[(method, reference_solver if method == "single_stage" else "none")] = (scores, test_ids)
     return out
-
-
-def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
-                leave_k_out_out: str, summary_out: str, baselines_paths: dict | None = None, lds_subsets_path: str | None = None,
-                lds_paths: dict | None = None, lds_out: str | None = None) -> None:
-    """Join predicted (every method and solver) and actual effects; correlations with bootstrap intervals,
-    the LDS, and the noise floor per scenario."""
-    import pandas as pd
-
-
-    v = config["validation"]
-    n_boot, seed = v["bootstrap"], config["seed"]
-    frames, lds_frames, summary_rows = [], [], []
-    subsets = io.read_json(lds_subsets_path)["subsets"] if lds_subsets_path else None
-    for scenario, sets_path in sets_paths.items():
-        sets = io.read_json(sets_path)["sets"]
-        actual = pd.concat([pd.read_csv(p) for p in retrain_paths[scenario]]).set_index("set_id")
-        actual_sets = actual.loc[[s["set_id"] for s in sets], "actual"].to_numpy()
-        floors = noise_floors(pd.concat([pd.read_csv(p) for p in noise_paths[scenario]]))
-        lds_actual = None
-        if subsets is not None:
-            lds_df = pd.concat([pd.read_csv(p) for p in lds_paths[scenario]])
-            lds_actual = lds_df.pivot(index="subset_id", columns="test_index", values="actual").sort_index().to_numpy()
-        methods = _method_scores(scores_paths[scenario], (baselines_paths or {}).get(scenario), v["reference_solver"])
-        for (method, solver), (scores, test_ids) in methods.items():
-            pred = predicted_effects(scores, sets)
-            frames.append(pd.DataFrame({
-                "scenario": scenario, "solver": solver, "test_id": [int(test_ids[s["test_index"]]) for s in sets],
-                "selection": [s["selection"] for s in sets], "k": [s["k"] for s in sets],
-                "predicted": pred, "actual": actual_sets, "method": method, "seed": seed,
-            }))
-            c = correlations(pred, actual_sets)
-            lo, hi = bootstrap_pearson(pred, actual_sets, n_boot, seed)
-            row = {"scenario": scenario, "solver": solver, "pearson": c["pearson"], "spearman": c["spearman"], "n_sets": len(sets),
-                   "noise_floor": floors["warm"], "noise_floor_seed": floors["seed"], "method": method, "seed": seed, "lds": float("nan"), "pearson_lo": lo, "pearson_hi": hi,
-                   "lds_lo": float("nan"), "lds_hi": float("nan"), "slope": c["slope"]}
-            if lds_actual is not None:
-                lds_pred = lds_predictions(scores, subsets)
-                row["lds"], _ = lds(lds_pred, lds_actual)
-                row["lds_lo"], row["lds_hi"] = bootstrap_lds(lds_pred, lds_actual, n_boot, seed)
-                lds_frames.append(pd.DataFrame({
-                    "scenario": scenario, "method": method,
-                    "subset_id": np.repeat(np.arange(len(subsets)), lds_pred.shape[1]),
-                    "test_id": np.tile([int(t) for t in test_ids], len(subsets)),
-                    "predicted": lds_pred.reshape(-1), "actual": lds_actual.reshape(-1), "solver": solver, "seed": seed,
-                }))
-            summary_rows.append(row)
-    lko = pd.concat(frames, ignore_index=True)
-    lko["flag"] = health.row_flags(lko, (pd.read_csv(p) for ps in retrain_paths.values() for p in ps), scores_paths)
-    if (lko["flag"] != health.OK).any():
-        log.warning("%d of %d leave-k-out rows flagged (column 'flag'): %s", int((lko["flag"] != health.OK).sum()), len(lko),
-                    sorted(set(lko["flag"]) - {health.OK})[:10])
-    summary = pd.DataFrame(summary_rows)
-    log.info("summary:\n%s", summary.to_string(index=False))
-    io.write_text(leave_k_out_out, lko.to_csv(index=False))
-    io.write_text(summary_out, summary.to_csv(index=False))
-    if lds_out:
-        lds_table = pd.concat(lds_frames, ignore_index=True) if lds_frames else pd.DataFrame(
-            columns=["scenario", "method", "subset_id", "test_id", "predicted", "actual", "solver", "seed"])
-        io.write_text(lds_out, lds_table.to_csv(index=False))
 
 
 def aggregate(seeds: list[int], n_boot: int, leave_k_out_paths: list[str], summary_paths: list[str], lds_paths: list[str],

@@ -1,0 +1,84 @@
+"""One seed's validation tables: every method's predicted effects against the retrained actual effects.
+
+Leave-k-out rows (one per removal set, method and solver), the summary (Pearson, Spearman, slope and their
+bootstrap intervals, LDS, both noise floors) and the LDS table (one row per subset and test example).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from msif.validation.metrics import bootstrap_lds, bootstrap_pearson, correlations, lds, lds_predictions, predicted_effects
+from msif.validation.noise import noise_floors
+
+LDS_COLUMNS = ["scenario", "method", "subset_id", "test_id", "predicted", "actual", "solver", "seed"]
+
+
+@dataclass
+class ScenarioInputs:
+    """What one scenario's comparison reads: (method, solver) → (scores, test_ids), the removal sets, and the
+    retraining, noise-floor and LDS tables (the LDS table is ``None`` without LDS)."""
+
+    methods: dict
+    sets: list[dict]
+    retrain: pd.DataFrame
+    noise: pd.DataFrame
+    lds: pd.DataFrame | None
+
+
+def read_csvs(paths: list[str]) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(p) for p in paths])
+
+
+def leave_k_out_rows(scenario: str, method: str, solver: str, scores, test_ids, sets: list[dict], actual: np.ndarray,
+                     seed: int) -> pd.DataFrame:
+    """``predicted = Σ_{i∈S} score[t, i]`` beside the actual Δ test loss of every removal set S."""
+    return pd.DataFrame({
+        "scenario": scenario, "solver": solver, "test_id": [int(test_ids[s["test_index"]]) for s in sets],
+        "selection": [s["selection"] for s in sets], "k": [s["k"] for s in sets],
+        "predicted": predicted_effects(scores, sets), "actual": actual, "method": method, "seed": seed,
+    })
+
+
+def lds_rows(scenario: str, method: str, solver: str, test_ids, lds_pred: np.ndarray, lds_actual: np.ndarray, seed: int) -> pd.DataFrame:
+    n_subsets = lds_pred.shape[0]
+    return pd.DataFrame({
+        "scenario": scenario, "method": method, "subset_id": np.repeat(np.arange(n_subsets), lds_pred.shape[1]),
+        "test_id": np.tile([int(t) for t in test_ids], n_subsets), "predicted": lds_pred.reshape(-1),
+        "actual": lds_actual.reshape(-1), "solver": solver, "seed": seed,
+    })
+
+
+def summary_row(scenario: str, method: str, solver: str, pred: np.ndarray, actual: np.ndarray, floors: dict, n_boot: int,
+                seed: int) -> dict:
+    """Pearson, Spearman and slope of predicted against actual, with the bootstrap interval on Pearson."""
+    c = correlations(pred, actual)
+    lo, hi = bootstrap_pearson(pred, actual, n_boot, seed)
+    return {"scenario": scenario, "solver": solver, "pearson": c["pearson"], "spearman": c["spearman"], "n_sets": len(pred),
+            "noise_floor": floors["warm"], "noise_floor_seed": floors["seed"], "method": method, "seed": seed, "lds": float("nan"),
+            "pearson_lo": lo, "pearson_hi": hi, "lds_lo": float("nan"), "lds_hi": float("nan"), "slope": c["slope"]}
+
+
+def compare_tables(inputs: dict[str, ScenarioInputs], subsets: list[list[int]] | None, n_boot: int, seed: int):
+    """(leave-k-out rows, summary, LDS rows) over every scenario, method and solver."""
+    frames, lds_frames, summary_rows = [], [], []
+    for scenario, inp in inputs.items():
+        actual = inp.retrain.set_index("set_id").loc[[s["set_id"] for s in inp.sets], "actual"].to_numpy()
+        floors = noise_floors(inp.noise)
+        lds_actual = None
+        if subsets is not None:
+            lds_actual = inp.lds.pivot(index="subset_id", columns="test_index", values="actual").sort_index().to_numpy()
+        for (method, solver), (scores, test_ids) in inp.methods.items():
+            frames.append(leave_k_out_rows(scenario, method, solver, scores, test_ids, inp.sets, actual, seed))
+            row = summary_row(scenario, method, solver, frames[-1]["predicted"].to_numpy(), actual, floors, n_boot, seed)
+            if lds_actual is not None:
+                lds_pred = lds_predictions(scores, subsets)
+                row["lds"], _ = lds(lds_pred, lds_actual)
+                row["lds_lo"], row["lds_hi"] = bootstrap_lds(lds_pred, lds_actual, n_boot, seed)
+                lds_frames.append(lds_rows(scenario, method, solver, test_ids, lds_pred, lds_actual, seed))
+            summary_rows.append(row)
+    lds_table = pd.concat(lds_frames, ignore_index=True) if lds_frames else pd.DataFrame(columns=LDS_COLUMNS)
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(summary_rows), lds_table

@@ -112,11 +112,10 @@ def test_msif_imports_sit_at_module_top(name):
 
 def test_the_wheel_carries_the_schema_and_the_library_reads_no_repository_file(tmp_path):
     """An installed wheel validates configs: the schema is package data, found through importlib.resources."""
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     tree = tmp_path / "tree"  # built from a copy: a build in the checkout would leave build/ behind
     shutil.copytree(SRC, tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))

@@ -12,7 +12,7 @@ import yaml
 
 PROFILES = Path(__file__).resolve().parents[1] / "workflow" / "profiles"
 RULES = Path(__file__).resolve().parents[1] / "workflow" / "rules"
-# the rules of issue #6 that train or solve; cheap ones must not hold a GPU
+# the rules that train or solve; cheap ones must not hold a GPU
 HEAVY = {"pretrain", "finetune", "finetune_ihvp", "pretrain_hessian", "pretrain_ihvp", "scores", "retrain", "noise_floor"}
 CHEAP = {"prepare_data", "removal_sets", "compare", "report"}
 

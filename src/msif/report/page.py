@@ -257,30 +257,48 @@ def write_report(config: dict, inputs: ReportInputs, out: str) -> None:
         summary["noise_floor_seed"] = float("nan")
     lko = pd.read_csv(inputs.leave_k_out)
     data = io.load_tensors(inputs.data)
-    ref = config["validation"]["reference_solver"]
-    target = 0.9
-    parts = [f"<h1>msif report — run <code>{html.escape(config['run'])}</code></h1>",
-             f"<p class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} · msif {msif.__version__} · torch {torch.__version__} · "
-             f"Python {platform.python_version()}</p>"]
+    parts = [header(config), verdict(summary, seeds), flagged_rows(lko), summary_section(summary, all_rows, seeds),
+             baselines_section(summary), lds_figure(pd.read_csv(inputs.lds), config["validation"]["reference_solver"]) if inputs.lds else "",
+             predicted_vs_actual_section(summary, lko), diagnostics_section(inputs, seeds),
+             examples_section(config, inputs, data)]
+    if config["experiment"] == "text":
+        parts.append(report_text.tracin_section(config, inputs.tracin, data))
+    parts += [table_section(inputs.table_md), config_section(inputs, config)]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>msif report: {html.escape(config['run'])}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    io.write_text(out, page)
+
+
+def header(config: dict) -> str:
+    return (f"<h1>msif report — run <code>{html.escape(config['run'])}</code></h1>"
+            f"<p class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} · msif {msif.__version__} · torch {torch.__version__} · "
+            f"Python {platform.python_version()}</p>")
+
+
+def verdict(summary: pd.DataFrame, seeds: list[int], target: float = 0.9) -> str:
+    """The first thing a reader sees: does predicted influence match retraining, over how many sets."""
     ms = summary[summary.method == "multi_stage"]
-    worst = ms.pearson.min()
-    cls = "ok" if worst >= target else "warn"
+    cls = "ok" if ms.pearson.min() >= target else "warn"
     over = f"seeds {', '.join(map(str, seeds))} pooled" if len(seeds) > 1 else f"seed {seeds[0]}"
-    parts.append(f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
-                 f"leave-k-out removal sets per scenario ({over}), Pearson between predicted and actual Δ test loss ranges "
-                 f"{ms.pearson.min():.3f}–{ms.pearson.max():.3f} (Spearman {ms.spearman.min():.3f}–{ms.spearman.max():.3f}); "
-                 f"target ≥ {target}. Scores follow one convention: <i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>")
-    parts.append(flagged_rows(lko))
-    parts.append("<h2>Summary</h2>")
-    parts.append("<p>Each row correlates, over all removal sets (top-k, bottom-k, random-k per test example and k), the first-order "
-                 "prediction Σ<sub>i∈S</sub> score[t, i] with the change of the test loss measured by retraining both stages without S; "
-                 "[lo, hi] are bootstrap 95% intervals over removal sets. <i>LDS</i>: Spearman between predicted and actual test-loss "
-                 "changes across random subsets holding half the pretraining set, averaged over test examples. "
-                 "<i>noise floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
-                 "(how precisely retraining lands); <i>seed noise</i>: the same from a cold start under another seed (how far apart two "
-                 "equally valid trainings land — removal effects below it are not reproducible across trainings). <i>slope</i>: least-squares actual ≈ slope × predicted through the origin "
-                 "(first-order predictions underestimate larger removals: slope &gt; 1).</p>")
-    parts.append(table(_summary_view(summary[summary.method == "multi_stage"])))
+    return (f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
+            f"leave-k-out removal sets per scenario ({over}), Pearson between predicted and actual Δ test loss ranges "
+            f"{ms.pearson.min():.3f}–{ms.pearson.max():.3f} (Spearman {ms.spearman.min():.3f}–{ms.spearman.max():.3f}); "
+            f"target ≥ {target}. Scores follow one convention: <i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>")
+
+
+SUMMARY_TEXT = ("<p>Each row correlates, over all removal sets (top-k, bottom-k, random-k per test example and k), the first-order "
+                "prediction Σ<sub>i∈S</sub> score[t, i] with the change of the test loss measured by retraining both stages without S; "
+                "[lo, hi] are bootstrap 95% intervals over removal sets. <i>LDS</i>: Spearman between predicted and actual test-loss "
+                "changes across random subsets holding half the pretraining set, averaged over test examples. "
+                "<i>noise floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
+                "(how precisely retraining lands); <i>seed noise</i>: the same from a cold start under another seed (how far apart two "
+                "equally valid trainings land — removal effects below it are not reproducible across trainings). <i>slope</i>: "
+                "least-squares actual ≈ slope × predicted through the origin "
+                "(first-order predictions underestimate larger removals: slope &gt; 1).</p>")
+
+
+def summary_section(summary: pd.DataFrame, all_rows: pd.DataFrame, seeds: list[int]) -> str:
+    parts = ["<h2>Summary</h2>", SUMMARY_TEXT, table(_summary_view(summary[summary.method == "multi_stage"]))]
     if len(seeds) > 1:
         per_seed = all_rows[(all_rows.seed != "all") & (all_rows.method == "multi_stage")]
         parts.append(f"<h3>Per seed</h3><p>Each seed is a full replicate (data split, initialisation, removal sets); the rows above pool "
@@ -288,53 +306,69 @@ def write_report(config: dict, inputs: ReportInputs, out: str) -> None:
         view = _summary_view(per_seed)
         view.insert(0, "seed", per_seed.seed.to_numpy())
         parts.append(table(view))
-    if (summary.method != "multi_stage").any():
-        parts.append("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
-                     "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
-                     "gradient dot product, no Hessian; <i>representation</i>: cosine similarity of pretrained features; <i>random</i>. "
-                     "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
-                     "is the fair comparison.</p>")
-        parts.append(methods_figure(summary))
-        parts.append(table(_summary_view(summary.sort_values(["scenario", "lds", "pearson"], ascending=[True, False, False]))))
-    if inputs.lds:
-        parts.append(lds_figure(pd.read_csv(inputs.lds), ref))
-    parts.append("<h2>Predicted vs actual</h2><div class='grid'>")
+    return "".join(parts)
+
+
+def baselines_section(summary: pd.DataFrame) -> str:
+    if not (summary.method != "multi_stage").any():
+        return ""
+    return ("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
+            "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
+            "gradient dot product, no Hessian; <i>representation</i>: cosine similarity of pretrained features; <i>random</i>. "
+            "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
+            "is the fair comparison.</p>" + methods_figure(summary)
+            + table(_summary_view(summary.sort_values(["scenario", "lds", "pearson"], ascending=[True, False, False]))))
+
+
+def predicted_vs_actual_section(summary: pd.DataFrame, lko: pd.DataFrame) -> str:
+    """The scatter per scenario and solver, and how first-order accuracy changes with k."""
+    ms = summary[summary.method == "multi_stage"]
     lko = lko[lko.method == "multi_stage"] if "method" in lko else lko
-    for _, row in summary[summary.method == "multi_stage"].iterrows():
-        parts.append(scatter_figure(lko, summary[summary.method == "multi_stage"], row.scenario, row.solver, row.noise_floor,
-                                    row.noise_floor_seed))
+    parts = ["<h2>Predicted vs actual</h2><div class='grid'>"]
+    parts += [scatter_figure(lko, ms, row.scenario, row.solver, row.noise_floor, row.noise_floor_seed) for _, row in ms.iterrows()]
     parts.append("</div>")
     by_k = lko.assign(ratio=lko.actual / lko.predicted).groupby(["scenario", "solver", "selection", "k"])["ratio"].median().reset_index()
     parts.append("<h3>First-order accuracy as k grows</h3><p>Median of actual / predicted per selection and k "
                  "(1 = exact; random sets have small predictions, so their ratio is noisy).</p>")
     parts.append(table(by_k.pivot_table(index=["scenario", "solver", "selection"], columns="k", values="ratio").reset_index()))
     parts.append(additivity_tables(lko))
-    parts.append("<h2>Curvature and convergence</h2><p>Every Hessian that is inverted should be positive definite at a true minimum "
-                 "(smallest eigenvalue &gt; 0, after damping); a negative one means a saddle, where influence is unreliable. "
-                 "Residual: ‖(H + λI)x − b‖ / ‖b‖ of each stage-wise solve." + (f" Seed {seeds[0]}." if len(seeds) > 1 else "") + "</p>")
-    parts.append(table(_diagnostics(inputs), "{:.3g}"))
-    parts.append(f"<h2>Top proponents and opponents</h2><p>Pretraining examples whose removal is predicted to raise (proponents, blue) "
-                 f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}, seed {seeds[0]}. Titles are scores (predicted Δ test loss).</p>")
-    text = config["experiment"] == "text"
-    if text:
-        vocab = io.load_meta(inputs.tracin["scores"])["vocab"]
+    return "".join(parts)
+
+
+def diagnostics_section(inputs: ReportInputs, seeds: list[int]) -> str:
+    return ("<h2>Curvature and convergence</h2><p>Every Hessian that is inverted should be positive definite at a true minimum "
+            "(smallest eigenvalue &gt; 0, after damping); a negative one means a saddle, where influence is unreliable. "
+            "Residual: ‖(H + λI)x − b‖ / ‖b‖ of each stage-wise solve." + (f" Seed {seeds[0]}." if len(seeds) > 1 else "") + "</p>"
+            + table(_diagnostics(inputs), "{:.3g}"))
+
+
+def examples_section(config: dict, inputs: ReportInputs, data: dict) -> str:
+    """Top proponents and opponents of the first ``report.example_tests`` test examples, per scenario."""
+    ref, r = config["validation"]["reference_solver"], config["report"]
+    parts = [f"<h2>Top proponents and opponents</h2><p>Pretraining examples whose removal is predicted to raise (proponents, blue) "
+             f"or lower (opponents, red) the test loss most; solver {html.escape(ref)}, seed {config['seeds'][0]}. Titles are scores "
+             "(predicted Δ test loss).</p>"]
+    vocab = io.load_meta(inputs.tracin["scores"])["vocab"] if config["experiment"] == "text" else None
     for s in config["scenarios"]:
         art = io.load_tensors(inputs.scores[s])
         parts.append(f"<h3>{html.escape(scenario_title(s))}</h3>")
-        for t in range(min(config["report"]["example_tests"], art["scores"].shape[0])):
-            if text:  # sentences and chunks, not images
-                parts.append(report_text.pretraining_examples(data, vocab, art["scores"], art["test_ids"], t, config["report"]["top"]))
+        for t in range(min(r["example_tests"], art["scores"].shape[0])):
+            if vocab is not None:  # sentences and chunks, not images
+                parts.append(report_text.pretraining_examples(data, vocab, art["scores"], art["test_ids"], t, r["top"]))
             else:
-                parts.append(examples_figure(data, art["scores"], art["test_ids"], t, config["report"]["top"]))
-    if text:
-        parts.append(report_text.tracin_section(config, inputs.tracin, data))
-    if inputs.table_md:
-        table_md = Path(inputs.table_md)
-        parts.append("<h2>Table to paste</h2><p>The pooled rows above as markdown (<code>tables/paper_table.md</code>; the numbers "
-                     "with more digits in <code>tables/summary.csv</code>).</p><pre>" + html.escape(table_md.read_text()) + "</pre>")
+                parts.append(examples_figure(data, art["scores"], art["test_ids"], t, r["top"]))
+    return "".join(parts)
+
+
+def table_section(table_md: str | None) -> str:
+    if not table_md:
+        return ""
+    return ("<h2>Table to paste</h2><p>The pooled rows above as markdown (<code>tables/paper_table.md</code>; the numbers "
+            "with more digits in <code>tables/summary.csv</code>).</p><pre>" + html.escape(Path(table_md).read_text()) + "</pre>")
+
+
+def config_section(inputs: ReportInputs, config: dict) -> str:
     recorded = io.load_meta(inputs.scores[config["scenarios"][0]]).get("args", {})
-    parts.append("<h2>Configuration</h2><p class='muted'>As recorded in the sidecar of the first scenario's scores (seed "
-                 f"{seeds[0]}); every artifact's sidecar records the keys it was computed under.</p><pre>"
-                 + html.escape(yaml.safe_dump(recorded, sort_keys=False)) + "</pre>")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>msif report: {html.escape(config['run'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    io.write_text(out, page)
+    return ("<h2>Configuration</h2><p class='muted'>As recorded in the sidecar of the first scenario's scores (seed "
+            f"{config['seeds'][0]}); every artifact's sidecar records the keys it was computed under.</p><pre>"
+            + html.escape(yaml.safe_dump(recorded, sort_keys=False)) + "</pre>")

@@ -51,19 +51,19 @@ clean:
 	rm -rf results logs .snakemake
 
 # Solver benchmark on the default model (not a test): results/bench/solvers.csv, cost.csv, solvers.png.
-# BENCH_ARGS e.g. "--config my.yaml --threads 2"; see `python -m msif.bench --help`.
+# BENCH_ARGS e.g. "--seed 1 --threads 2", or "--smoke" (the config shrunk to seconds); see `python -m msif.bench.solvers --help`.
 BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
-	nice -n 10 $(PY) -m msif.bench --out results/bench $(BENCH_ARGS)
+	nice -n 10 $(PY) -m msif.bench.solvers --out results/bench $(BENCH_ARGS)
 
 # The same on config/scale.yaml (a CNN too big for a dense Hessian; reference: a tightly converged CG):
 # results/bench/scale_solvers.csv, scale_cost.csv. SCALE_ARGS e.g. "--run-dir results/scale/seed0" reuses
-# the workflow's trained optima; see `python -m msif.bench_scale --help`.
+# the workflow's trained optima, "--smoke" runs in seconds; see `python -m msif.bench.scale --help`.
 SCALE_ARGS ?=
 .PHONY: bench-scale
 bench-scale: setup
-	nice -n 10 $(PY) -m msif.bench_scale --config config/scale.yaml --out results/bench $(SCALE_ARGS)
+	nice -n 10 $(PY) -m msif.bench.scale --config config/scale.yaml --out results/bench $(SCALE_ARGS)
 
 # msif side by side with captum, dattri, pyDVL, kronfluence and TRAK (not a test): results/bench/peers.csv,
 # peers.png, peers.md. The peers live in their own venv (.venv-peers), never in msif's install; the

@@ -1,4 +1,4 @@
-"""``python -m msif.bench_scale`` on a shrunken config/scale.yaml: the tables it writes and what they must say.
+"""``python -m msif.bench.scale --smoke`` (config/scale.yaml shrunk to seconds): the tables it writes and what they must say.
 
 Not a timing test: it checks that the benchmark runs every path (agreement rows for cg, ekfac, pcg and
 pcg@k; cost rows with the low-rank query) and that the numbers mean what the columns claim.
@@ -10,7 +10,6 @@ import os
 
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import ROOT
 from msif.bench import scale as bench_scale
@@ -18,30 +17,23 @@ from msif.experiments import datasets
 
 
 @pytest.fixture(scope="module")
-def tiny_scale_config(tmp_path_factory):
+def scale_config():
     try:
         datasets.fashion_mnist_files("train"), datasets.mnist5k_path()
     except datasets.DataMissingError as err:
         if not os.environ.get("CI"):
             pytest.skip(f"Fashion-MNIST / MNIST-5k not installed and CI unset: {err}")
         raise
-    cfg = yaml.safe_load((ROOT / "config/scale.yaml").read_text())
-    cfg["dtype"], cfg["device"] = "float64", "cpu"
-    cfg["data"].update(n_pretrain=60, n_pretrain_test=10, n_finetune=40)
-    cfg["model"].update(channels=[2], hidden=[6])
-    cfg["training"].update(grad_tol=1e-8, max_iter=3000)
-    cfg["influence"].update(batch_size=16, n_test=3, ekfac={"batch_size": 16}, pcg={"batch_size": 16, "tol": 1e-10})
-    path = tmp_path_factory.mktemp("scale") / "scale.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return str(ROOT / "config/scale.yaml")
 
 
-def test_bench_scale_writes_agreement_and_cost_tables(tiny_scale_config, tmp_path):
+def test_bench_scale_writes_agreement_and_cost_tables(scale_config, tmp_path):
     out = tmp_path / "bench"
-    bench_scale.main(["--config", str(tiny_scale_config), "--out", str(out), "--threads", "1", "--ref-tol", "1e-10",
-                      "--stages", "pretrain", "--solvers", "cg", "ekfac", "pcg", "pcg@1", "cg@1",
-                      "--cost-n-test", "1", "3", "--query-ranks", "1", "200"])
-    agree = pd.read_csv(out / "scale_solvers.csv").set_index(["scenario", "solver"])
+    bench_scale.main(["--config", scale_config, "--smoke", "--out", str(out), "--threads", "1",
+                      "--stages", "pretrain", "--solvers", "cg", "ekfac", "pcg", "pcg@1", "cg@1", "--query-ranks", "1", "200"])
+    agree = pd.read_csv(out / "scale_solvers.csv")
+    assert tuple(agree.columns) == bench_scale.ScaleBench.AGREEMENT_COLUMNS and (agree.reference == "cg").all()
+    agree = agree.set_index(["scenario", "solver"])
     for scenario in ("fixed", "updated"):
         assert agree.loc[(scenario, "cg"), "pearson"] > 0.99999 and agree.loc[(scenario, "pcg"), "pearson"] > 0.99999
         assert agree.loc[(scenario, "pcg"), "converged"] and not agree.loc[(scenario, "pcg@1"), "converged"]

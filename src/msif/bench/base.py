@@ -44,7 +44,7 @@ import yaml
 
 from msif import io
 from msif.arguments import SOLVERS
-from msif.bench.measure import agreement, epoch_seconds, machine, measured, stopwatch
+from msif.bench.measure import agreement, epoch_seconds, freeze, machine, measured, stopwatch
 from msif.config import for_seed
 from msif.core.solvers import Eigh, Solve
 from msif.experiments.registry import Experiment
@@ -84,7 +84,7 @@ def smoke_config(config: dict) -> dict:
     if "channels" in c["model"]:
         c["model"]["channels"] = [2] * len(c["model"]["channels"])
     t = c["training"]
-    t.update(grad_tol=min(t["grad_tol"], 1e-8), max_iter=max(t["max_iter"], 3000))
+    t.update(grad_tol=1e-8, max_iter=3000)
     inf = c["influence"]
     inf.update(batch_size=16, n_test=3, lissa={**(inf.get("lissa") or {}), "depth": 100}, ekfac={"batch_size": 16},
                pcg={"batch_size": 16, "tol": 1e-10})
@@ -416,6 +416,7 @@ class SolverBench:
         """The tables the arguments ask for, each written (CSV, JSON) as soon as it is done; a part not run is left alone."""
         t0 = time.perf_counter()
         bench = cls.from_args(load_config(args.config, args.seed, args.smoke), args)
+        freeze()
         agreement_table, cost_table = cls.TABLES
         if not args.skip_agreement:
             rows = bench.agreement_rows(tuple(args.solvers), tuple(args.stages))

@@ -48,8 +48,8 @@ import yaml
 from torch.func import grad, vmap
 
 from msif import io
+from msif.bench.measure import agreement, measured
 from msif.bench.peers.align import PeerModel, PeerProblem, peer_damping, to_removal_effect, total_damping
-from msif.bench.solvers import agreement, measured
 from msif.config import for_seed
 from msif.experiments.registry import Experiment
 from msif.influence.baselines import _pad, direct_w_gradient

@@ -68,7 +68,7 @@ bench-scale: setup
 # msif side by side with captum, dattri, pyDVL, kronfluence and TRAK (not a test): results/bench/peers.csv,
 # peers.png, peers.md. The peers live in their own venv (.venv-peers), never in msif's install; the
 # default run's validation tables (leave-k-out, LDS) are made first if missing. PEERS_ARGS e.g.
-# "--problems pretrain --libraries msif pydvl"; see `python -m msif.bench_peers --help`.
+# "--problems pretrain --libraries msif pydvl", or "--smoke" (seconds); see `python -m msif.bench.peers --help`.
 PEERS_VENV ?= .venv-peers
 PEERS_PY := $(PEERS_VENV)/bin/python
 PEERS_ARGS ?=
@@ -89,21 +89,21 @@ $(PEERS_VENV)/.installed: pyproject.toml envs/requirements.txt envs/requirements
 peers-setup: $(PEERS_VENV)/.installed
 
 bench-peers: setup peers-setup
-	$(SNAKEMAKE) $$($(PY) -m msif.bench_peers --config $(PEERS_CONFIG) --targets) --profile $(PROFILE) --configfile $(PEERS_CONFIG)
-	nice -n 10 $(PEERS_PY) -m msif.bench_peers --config $(PEERS_CONFIG) --out results/bench $(PEERS_ARGS)
-	$(PEERS_PY) -m msif.bench_peers --markdown --out results/bench > results/bench/peers.md
+	$(SNAKEMAKE) $$($(PY) -m msif.bench.peers --config $(PEERS_CONFIG) --targets) --profile $(PROFILE) --configfile $(PEERS_CONFIG)
+	nice -n 10 $(PEERS_PY) -m msif.bench.peers --config $(PEERS_CONFIG) --out results/bench $(PEERS_ARGS)
+	$(PEERS_PY) -m msif.bench.peers --markdown --out results/bench > results/bench/peers.md
 
 # The same single-stage problem on the scale config's CNN (p = 102,042: no dense Hessian; the reference is a
-# float64 CG to 1e-6): results/bench/peers-cnn/peers.{csv,png,md}. dattri is left out: its CG was killed by
-# the OOM killer at 24 GB on this model (2026-11-27), like captum's Arnoldi.
+# float64 CG to 1e-6): results/bench/peers-cnn/peers.{csv,png,md}. dattri is left out: its CG needs more than
+# 24 GB on this model (the OOM killer stops it), like captum's Arnoldi.
 .PHONY: bench-peers-cnn
 bench-peers-cnn: setup peers-setup data-apt
-	nice -n 10 $(PEERS_PY) -m msif.bench_peers --config config/scale.yaml --reference cg --dtype float64 --problems pretrain \
+	nice -n 10 $(PEERS_PY) -m msif.bench.peers --config config/scale.yaml --reference cg --dtype float64 --problems pretrain \
 	  --methods cg arnoldi ekfac tracin --n-query 5 --cg-tol 1e-6 --threads 2 --out results/bench/peers-cnn \
 	  --libraries msif captum pydvl kronfluence \
 	  --skip "captum:arnoldi=killed by the OOM killer at 24 GB of resident memory (2026-11-27, this machine)" \
 	  "msif:cg_columns=the yardstick of block CG, measured apart (it sets only dattri's iterations, and dattri is left out)"
-	$(PEERS_PY) -m msif.bench_peers --markdown --out results/bench/peers-cnn > results/bench/peers-cnn/peers.md
+	$(PEERS_PY) -m msif.bench.peers --markdown --out results/bench/peers-cnn > results/bench/peers-cnn/peers.md
 
 # Paper mode: the multi-stage paper's image protocol on Fashion-MNIST (two classes) and MNIST (four classes),
 # both scenarios, several alpha, three seeds: results/paper*/tables/ and report.html. Long: hours on 2 cores.

@@ -1,20 +1,35 @@
-"""Aligning the peers' scores to method.md (msif.peers): units, damping, sign, layout, and the model the peers see.
+"""The peers benchmark (``python -m msif.bench.peers``): aligning the peers' scores to method.md
+(:mod:`msif.bench.peers.align`: units, damping, sign, layout, and the model the peers see), its tables, its run.
 
 The conversions are checked on synthetic numbers, without any peer installed: each peer's raw score is
 produced from the formula its documentation states, and must come back as msif's removal effect. The
-last tests run the peers themselves (in .venv-peers, ``make bench-peers``) and skip where they are absent.
+smoke run needs no peer either (msif's own rows); the adapter tests run the peers themselves (in
+.venv-peers, ``make bench-peers``) and skip where they are absent.
 """
 
+import importlib.util
+import json
+
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
 
+from conftest import ROOT
+from msif.bench.peers import common
+from msif.bench.peers import run as peers_run
 from msif.bench.peers.align import PeerModel, PeerProblem, peer_damping, routed_cross_entropy, to_removal_effect, total_damping
+from msif.bench.peers.common import COLUMNS, PEER_MODULES, PeersMissing, Settings, default_dtype, require
+from msif.bench.peers.report import markdown, ratios
 from msif.influence.baselines import _pad, direct_w_gradient
+from msif.influence.multi_stage import removal_effect
+from msif.influence.scoring import upweight_influence
+from msif.influence.stage_solve import stage_solve
 from msif.task.data import Split
 from msif.task.models import mlp_model
 from msif.task.objectives import FinetuneObjective, PretrainObjective
+from msif.task.training import minimize
 
 N, P, T = 9, 5, 3
 
@@ -160,11 +175,6 @@ def test_peer_model_pretraining_logits_and_routed_loss():
 @pytest.fixture(scope="module")
 def trained():
     """A tiny pretraining problem trained to its optimum, its msif exact scores on a few query examples."""
-    from msif.influence.multi_stage import removal_effect
-    from msif.influence.scoring import upweight_influence
-    from msif.influence.stage_solve import stage_solve
-    from msif.task.training import minimize
-
     model, pt_params, *_ = _tiny("fixed")
     gen = torch.Generator().manual_seed(3)
     x, y = torch.randn(30, 4, generator=gen, dtype=torch.float64), torch.randint(0, 2, (30,), generator=gen)
@@ -182,25 +192,18 @@ def trained():
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")  # the peers' own
-@pytest.mark.parametrize("library", ["pydvl", "captum", "dattri"])
+@pytest.mark.parametrize("library", [pytest.param(lib, marks=pytest.mark.skipif(importlib.util.find_spec(PEER_MODULES[lib]) is None,
+                                                                                  reason=f"{lib} not installed (.venv-peers)"))
+                                     for lib in ("pydvl", "captum", "dattri")])
 def test_peer_exact_equals_msif_exact(trained, library, tmp_path):
-    from msif.bench.peers.run import PEER_MODULES, PEERS, Settings, default_dtype
-
-    pytest.importorskip(PEER_MODULES[library])
     pb, exact = trained
     with default_dtype(torch.float64):
-        raw, scale, layout, _, _ = PEERS[library][0](pb, Settings(), "exact", tmp_path)
+        raw, scale, layout, _, _ = peers_run.PEERS[library].run(pb, Settings(), "exact", tmp_path)
     torch.testing.assert_close(to_removal_effect(torch.as_tensor(raw), pb.n, scale, layout), exact, rtol=1e-6, atol=1e-12)
 
 
 def test_bench_tables_and_ratios_from_a_results_frame():
-    """The README tables come from peers.csv: ratios are msif's time over the fastest peer (as accurate or not)."""
-    import importlib.util
-
-    import pandas as pd
-
-    from msif.bench.peers.run import COLUMNS, PeersMissing, markdown, ratios, require
-
+    """The docs' tables come from peers.csv: ratios are msif's time over the fastest peer (as accurate or not)."""
     rows = [("pretrain", "cg", "msif", 1.0, 2.0), ("pretrain", "cg", "pydvl", 1.0, 8.0), ("pretrain", "cg", "dattri", 0.9, 1.0),
             ("pretrain", "ekfac", "msif", 0.7, 1.0), ("pretrain", "ekfac", "kronfluence", 0.6, 4.0)]
     df = pd.DataFrame([{"problem": p, "method": m, "library": lib, "pearson_vs_exact": r, "wall_s": w, "notes": ""} for p, m, lib, r, w in rows],
@@ -214,3 +217,34 @@ def test_bench_tables_and_ratios_from_a_results_frame():
     if importlib.util.find_spec("kronfluence") is None:
         with pytest.raises(PeersMissing, match="make bench-peers"):
             require("kronfluence")
+
+
+def test_every_adapter_offers_known_methods_and_the_jobs_start_with_the_reference():
+    assert set(peers_run.PEERS) == set(common.LIBRARIES) - {"msif"} == set(PEER_MODULES)
+    for library, adapter in peers_run.PEERS.items():
+        assert set(adapter.METHODS) <= set(common.METHODS) and set(adapter.HOOK_BASED) <= set(adapter.METHODS), library
+    jobs = peers_run.jobs("fixed", ["msif", "pydvl"], ["cg", "ekfac"], "exact")
+    assert jobs == [("msif", "exact"), ("msif", "cg"), ("msif", "cg_columns"), ("msif", "ekfac"), ("msif", "multi_stage"),
+                    ("pydvl", "cg"), ("pydvl", "ekfac")]
+    assert peers_run.jobs("pretrain", ["msif"], ["cg"], "cg")[:2] == [("msif", "cg"), ("msif", "cg_columns")]
+
+
+def test_smoke_run_writes_the_table_msif_rows_against_exact(tmp_path, capsys):
+    """``python -m msif.bench.peers --smoke`` (no peer needed): msif's own rows on the single-stage problem, its files."""
+    config = str(ROOT / "config/config.yaml")
+    peers_run.main(["--config", config, "--smoke", "--libraries", "msif", "--out", str(tmp_path)])
+    df = pd.read_csv(tmp_path / "peers.csv").fillna({"notes": ""})
+    assert list(df.columns) == COLUMNS and set(df.problem) == {"pretrain"} and set(df.library) == {"msif"}
+    rows = df.set_index("method")
+    assert list(rows.index) == ["exact", "cg", "cg_columns", "lissa", "arnoldi", "ekfac", "tracin"]
+    for method in ("exact", "cg", "cg_columns"):
+        assert rows.loc[method, "pearson_vs_exact"] > 1 - 1e-9 and rows.loc[method, "scale"] == pytest.approx(1, abs=1e-8), method
+    assert rows.loc["exact", "pearson_vs_ggn"] < 1 and not df.notes.str.startswith("failed").any()
+    meta = json.loads((tmp_path / "peers.json").read_text())
+    assert meta["seed"] == 0 and meta["smoke"] and meta["settings"]["n_query"] == 5
+    assert (tmp_path / "peers.png").stat().st_size > 10_000
+    assert "| cg | msif | 1 |" in capsys.readouterr().out
+    peers_run.main(["--markdown", "--out", str(tmp_path)])
+    assert capsys.readouterr().out.startswith("| method | library | Pearson vs exact |")
+    peers_run.main(["--config", config, "--seed", "1", "--targets"])
+    assert capsys.readouterr().out.split() == ["results/default/seed1/validation/leave_k_out.csv", "results/default/seed1/validation/lds.csv"]

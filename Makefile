@@ -116,3 +116,13 @@ paper: setup
 .PHONY: docs
 docs: $(VENV)/.installed
 	$(PY) -m msif.report.benchmarks --results results/bench --out docs/benchmarks.md
+
+# Where a run's time goes (not a test): the default workflow, then the tiny one, each run as `make run` runs it but in
+# a fresh folder of its own (results/bench/run_time/<run>/; results/<run> is neither read nor touched), then
+# results/bench/run_time.csv (+ .json): per rule the jobs, wall and CPU seconds, start-up seconds, the whole run's wall
+# time against the jobs' CPU time, and the load average beside each. RUN_TIME_ARGS e.g. "--tiny" (only the tiny config);
+# see `python -m msif.bench.run_time --help`.
+RUN_TIME_ARGS ?=
+.PHONY: bench-run
+bench-run: setup
+	$(PY) -m msif.bench.run_time --out results/bench $(RUN_TIME_ARGS)

@@ -61,7 +61,7 @@ def paths(root: Path, config: dict) -> dict:
         "scores": lambda s, so: r / f"influence/{s}/{so}/scores.pt",
         "sets": lambda s: r / f"validation/{s}/removal_sets.json",
         "retrain": lambda s, b: r / f"validation/{s}/retrain/batch{b}.csv",
-        "noise": lambda s, rep: r / f"validation/{s}/noise/warm{rep}.csv",
+        "noise": lambda s: r / f"validation/{s}/noise.csv",
         "leave_k_out": r / "validation/leave_k_out.csv",
         "summary": r / "validation/summary.csv",
     }
@@ -112,9 +112,8 @@ def run_validation(config: dict, root: Path, scenarios: list[str] | None = None,
             with as_job("retrain"):
                 validation_steps.retrain(config, s, b, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)), str(p["sets"](s)),
                                   str(p["retrain"](s, b)))
-        for rep in range(config["validation"]["noise_repeats"]):
-            with as_job("noise_floor"):
-                validation_steps.noise_floor(config, s, rep, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)), str(p["noise"](s, rep)))
+        with as_job("noise_floor"):
+            validation_steps.noise_floor(config, s, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)), str(p["noise"](s)))
     if set_ids is None:
         n_batches = {s: len(io.read_json(p["sets"](s))["batches"]) for s in scenarios}
         with as_job("compare"):
@@ -123,7 +122,7 @@ def run_validation(config: dict, root: Path, scenarios: list[str] | None = None,
                 scores_paths={s: {so: str(p["scores"](s, so)) for so in config["influence"]["solvers"]} for s in scenarios},
                 sets_paths={s: str(p["sets"](s)) for s in scenarios},
                 retrain_paths={s: [str(p["retrain"](s, b)) for b in range(n_batches[s])] for s in scenarios},
-                noise_paths={s: [str(p["noise"](s, r)) for r in range(config["validation"]["noise_repeats"])] for s in scenarios},
+                noise_paths={s: [str(p["noise"](s))] for s in scenarios},
                 leave_k_out_out=str(p["leave_k_out"]), summary_out=str(p["summary"]),
             )
     return p

@@ -156,11 +156,11 @@ def test_unconverged_solver_is_flagged_through_scores_into_rows_and_report(steps
     retrain = pd.read_csv(p["retrain"]("fixed", 0))
     assert len(retrain) == len(spec["sets"]) and retrain.loc[3, "flag"].startswith(f"retrain {spec['sets'][3]['set_id']}: diverged")
     assert np.isnan(retrain.loc[3, "actual"]) and (retrain.drop(index=3)["flag"] == "ok").all(), retrain.to_string()
-    io.write_text(p["noise"]("fixed", 0), "scenario,rep,test_index,actual,flag\nfixed,0,0,1e-12,ok\nfixed,0,1,-1e-12,ok\n")
+    io.write_text(p["noise"]("fixed"), "scenario,rep,test_index,actual,flag\nfixed,0,0,1e-12,ok\nfixed,0,1,-1e-12,ok\n")
     cfg = cfg | {"scenarios": ["fixed"]}
     validation_steps.compare(cfg, scores_paths={"fixed": {so: str(p["scores"]("fixed", so)) for so in ("exact", "cg")}},
                       sets_paths={"fixed": str(p["sets"]("fixed"))}, retrain_paths={"fixed": [str(p["retrain"]("fixed", 0))]},
-                      noise_paths={"fixed": [str(p["noise"]("fixed", 0))]}, leave_k_out_out=str(p["leave_k_out"]),
+                      noise_paths={"fixed": [str(p["noise"]("fixed"))]}, leave_k_out_out=str(p["leave_k_out"]),
                       summary_out=str(p["summary"]))
     lko = pd.read_csv(p["leave_k_out"])
     assert list(lko.columns)[:7] == ["scenario", "solver", "test_id", "selection", "k", "predicted", "actual"]
@@ -424,12 +424,12 @@ def test_training_from_scratch_reproduces_the_run_from_its_own_seed_and_the_seed
     own = retrain_from_scratch(pt, ft, exp.init_params(), exp.test, 1e-10, 10_000)
     assert torch.allclose(own.test_losses, base, rtol=0, atol=1e-8), (own.test_losses - base).abs().max()
     out = tmp_path / "seed0.csv"
-    validation_steps.noise_floor(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="seed")
+    validation_steps.noise_floor(TINY, "updated", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), reps=[("seed", 0)])
     rows = pd.read_csv(out)
     assert set(rows.kind) == {"seed"} and len(rows) == TINY["influence"]["n_test"] and np.isfinite(rows.actual).all()
     assert validation_steps.noise_seed(0, "seed", "updated", 0) not in {0, validation_steps.noise_seed(0, "warm", "updated", 0), validation_steps.noise_seed(0, "seed", "fixed", 0)}
     with pytest.raises(ValueError, match=r"noise kind 'cold': allowed \['warm', 'seed'\]"):
-        validation_steps.noise_floor(TINY, "updated", 0, str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), kind="cold")
+        validation_steps.noise_floor(TINY, "updated", str(p["data"]), str(p["pretrain"]), str(p["finetune"]("updated")), str(out), reps=[("cold", 0)])
 
 
 def test_a_diverged_lds_retraining_keeps_its_rows_flagged_and_the_job_finishes(tiny_steps, tmp_path):

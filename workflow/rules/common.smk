@@ -129,17 +129,10 @@ def hessian_input(wildcards):
 
 
 def noise_csvs():
-    """Noise-floor retrains of every scenario (at the job's {seed}): 'warm' = same seed, perturbed warm
-    start (validation.noise_repeats); 'seed' = cold start from another seed's initialisation
-    (validation.seed_noise_repeats)."""
-    v = config["validation"]
-    reps = {"warm": v["noise_repeats"], "seed": v["seed_noise_repeats"]}
-    return [
-        f"{RESULTS}/validation/{s}/noise/{kind}{rep}.csv"
-        for s in config["scenarios"]
-        for kind, n in reps.items()
-        for rep in range(n)
-    ]
+    """The noise floor of every scenario (at the job's {seed}), one CSV (one job) each holding all its retrains:
+    'warm' = same seed, perturbed warm start (validation.noise_repeats); 'seed' = cold start from another
+    seed's initialisation (validation.seed_noise_repeats)."""
+    return [f"{RESULTS}/validation/{s}/noise.csv" for s in config["scenarios"]]
 
 
 # The text experiment's TracIn outputs (workflow/rules/text.smk), shown by the report; none otherwise.

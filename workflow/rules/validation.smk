@@ -50,11 +50,11 @@ rule noise_floor:
         pretrain=rules.pretrain.output.pt,
         finetune=rules.finetune.output.pt,
     output:
-        csv=f"{RESULTS}/validation/{{scenario}}/noise/{{kind}}{{rep}}.csv",
+        csv=f"{RESULTS}/validation/{{scenario}}/noise.csv",
     log:
-        f"{LOGS}/validation/{{scenario}}_noise_{{kind}}{{rep}}.log",
+        f"{LOGS}/validation/{{scenario}}_noise.log",
     benchmark:
-        f"{LOGS}/benchmarks/{{scenario}}_noise_{{kind}}{{rep}}.tsv"
+        f"{LOGS}/benchmarks/{{scenario}}_noise.tsv"
     conda:
         ENV
     threads: 1
@@ -63,7 +63,12 @@ rule noise_floor:
         runtime=30,
         gpu=0,
     params:
-        cfg=cfg(*RETRAIN_KEYS, "validation.noise_scale"),
+        cfg=cfg(
+            *RETRAIN_KEYS,
+            "validation.noise_scale",
+            "validation.noise_repeats",
+            "validation.seed_noise_repeats",
+        ),
         version=VERSION,
     script:
         "../scripts/noise_floor.py"
@@ -141,7 +146,12 @@ rule lds_retrain:
         runtime=60,
         gpu=0,
     params:
-        cfg=cfg(*RETRAIN_KEYS, "validation.lds.grad_tol"),
+        cfg=cfg(
+            *FINETUNE_KEYS,
+            "influence.n_test",
+            "retraining.max_iter",
+            "validation.lds.grad_tol",
+        ),
         version=VERSION,
     script:
         "../scripts/lds_retrain.py"

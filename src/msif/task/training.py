@@ -1,22 +1,31 @@
-"""Optimisation to a true minimum: full-batch L-BFGS (strong Wolfe), then Newton polishing.
+"""Optimisation to a true minimum: full-batch L-BFGS (strong Wolfe), then Newton polishing; Newton–PCG from a warm start.
 
 Influence functions are derivatives *at an optimum*; a score computed at a point with a
 non-negligible gradient, or at a saddle, predicts nothing. :func:`minimize` therefore runs
 L-BFGS to ``grad_tol`` and then a few Newton steps (CG on Hessian-vector products) with a
 backtracking line search on the gradient norm, and reports the final gradient norm.
+
+Retraining from a warm start (:mod:`msif.validation.retraining`, ``retraining.method: newton``) may
+instead take :func:`minimize_from_warm_start`: Newton–PCG (:func:`newton_minimize`, preconditioned by
+the Ritz pairs of the trained optimum's Hessian, :class:`SpectralPreconditioner`) to the same stopping
+rule ``‖∇‖₂ ≤ grad_tol``, with a guard that hands the set back to :func:`minimize` from the same start
+wherever Newton may have left the minimum L-BFGS reaches (see :func:`guard_reason`).
+
+Gradients and Hessian-vector products here are plain ``torch.autograd`` (double backprop for the
+products), never ``torch.func``: a process's first ``torch.func`` transform imports ``torch._dynamo``
+(2–4 s), which every retraining job would pay for nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad
 
-from msif.core.products import hvp
-from msif.core.solvers import cg
+from msif.core.solvers import cg, lanczos
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +36,47 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Minimum:
+    """Where a minimisation stopped. ``method``: ``lbfgs`` (L-BFGS, then ``newton_steps`` polishing steps) or
+    ``newton`` (Newton–PCG: ``newton_steps`` steps, ``cg_iterations`` PCG iterations in all); ``guard``: why a
+    Newton–PCG solve was handed back to L-BFGS (empty where it was not), and ``newton_gap`` then: how far apart
+    the two landed, relative to how far L-BFGS moved (``‖x_L − x_N‖ / ‖x_L − x₀‖``; NaN where not compared)."""
+
     params: torch.Tensor
     value: float
     grad_norm: float
     lbfgs_iterations: int
     newton_steps: int
+    method: str = "lbfgs"
+    cg_iterations: int = 0
+    guard: str = ""
+    newton_gap: float = math.nan
 
     def summary(self) -> dict:
-        return {"value": self.value, "grad_norm": self.grad_norm, "lbfgs_iterations": self.lbfgs_iterations, "newton_steps": self.newton_steps}
+        return {"value": self.value, "grad_norm": self.grad_norm, "lbfgs_iterations": self.lbfgs_iterations, "newton_steps": self.newton_steps,
+                "method": self.method, "cg_iterations": self.cg_iterations, "guard": self.guard, "newton_gap": self.newton_gap}
+
+
+def gradient(fun: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``∇fun(x)`` by plain autograd (detached)."""
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(fun(x), x)
+    return g.detach()
+
+
+def value_grad_hvp(fun: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable]:
+    """``(fun(x), ∇fun(x), V ↦ ∇²fun(x) V)`` by plain double backprop, V of shape (p,) or (p, t): the gradient's graph
+    is built once and each product is one backward pass through it (no ``torch.func``: see the module's docstring)."""
+    x = x.detach().requires_grad_(True)
+    value = fun(x)
+    (g,) = torch.autograd.grad(value, x, create_graph=True)
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(g, x, v, retain_graph=True)[0].detach()
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return one(v) if v.dim() == 1 else torch.stack([one(c) for c in v.unbind(1)], 1)
+
+    return value.detach(), g.detach(), matvec
 
 
 def lbfgs(fun: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, grad_tol: float, max_iter: int) -> tuple[torch.Tensor, int]:
@@ -92,20 +134,19 @@ def _torch_lbfgs(fun, x0: torch.Tensor, grad_tol: float, max_iter: int) -> tuple
 
 def newton_polish(fun: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad_tol: float, max_steps: int = 8) -> tuple[torch.Tensor, int]:
     """Newton steps ``x ← x − t H⁻¹∇fun`` (CG on HVPs), halving t until ‖∇fun‖ decreases."""
-    g_fun = grad(fun)
-    g = g_fun(x)
+    g = gradient(fun, x)
     steps = 0
     for _ in range(max_steps):
         if g.norm() <= grad_tol:
             break
-        sol = cg(hvp(fun, x), -g, tol=1e-12, max_iter=4 * x.numel())
+        sol = cg(value_grad_hvp(fun, x)[2], -g, tol=1e-12, max_iter=4 * x.numel())
         if sol.info["negative_curvature"]:
             log.warning("Newton polishing met negative curvature: the point may be a saddle")
             break
         t = 1.0
         while t > 1e-4:
             x_new = x + t * sol.x
-            g_new = g_fun(x_new)
+            g_new = gradient(fun, x_new)
             if g_new.norm() < g.norm():
                 break
             t /= 2
@@ -124,11 +165,178 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, grad
     """
     x, iters = lbfgs(fun, x0, grad_tol / x0.numel() ** 0.5, max_iter)
     x, steps = newton_polish(fun, x, grad_tol, newton_steps)
-    g = grad(fun)(x)
-    value = float(fun(x))
+    g = gradient(fun, x)
+    with torch.no_grad():
+        value = float(fun(x))
     if not (torch.isfinite(x).all() and torch.isfinite(g).all()):
         raise TrainingError("training produced non-finite parameters or gradients")
     out = Minimum(x, value, float(g.norm()), iters, steps)
     if out.grad_norm > 100 * grad_tol:
         log.warning("minimisation stopped at gradient norm %.3e > target %.1e", out.grad_norm, grad_tol)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Newton–PCG from a warm start (retraining, ``retraining.method: newton``): true Hessian-vector products at
+# the current point, a spectral preconditioner built once per job at the trained optimum, an Armijo line
+# search, and a guard that hands the solve back to L-BFGS (the protocol of :func:`minimize`).
+
+
+@dataclass
+class SpectralPreconditioner:
+    """``M⁻¹ b = Y diag(1/|λ|) Yᵀ b + (b − Y Yᵀ b) / c`` ≈ ``H₀⁻¹ b``.
+
+    ``(λ, Y)``: the converged Ritz pairs of a stage's Hessian ``H₀`` at the trained optimum; ``c``: the bulk of
+    its spectrum (the median Ritz value; an L2 term puts most eigenvalues near λ_L2). Only a preconditioner:
+    every Newton system is solved with the Hessian at the current point.
+    """
+
+    vectors: torch.Tensor
+    values: torch.Tensor
+    bulk: float
+
+    def __call__(self, b: torch.Tensor) -> torch.Tensor:
+        y = self.vectors.T @ b
+        return self.vectors @ (y / self.values.abs()) + (b - self.vectors @ y) / self.bulk
+
+    @classmethod
+    def of(cls, fun: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iters: int = 200) -> SpectralPreconditioner:
+        """Ritz pairs of ``∇²fun(x)`` from ``iters`` Lanczos steps, those with residual ``≤ 1%`` of ``|θ|``; with
+        ``p ≤ iters`` Lanczos spans the whole space and ``M⁻¹ = H₀⁻¹`` (up to rounding)."""
+        _, _, matvec = value_grad_hvp(fun, x)
+        q, t, beta = lanczos(matvec, x.numel(), x, iters)
+        theta, s = torch.linalg.eigh(t)
+        ok = ((beta * s[-1]).abs() <= 1e-2 * theta.abs()) & (theta != 0)
+        bulk = float(theta.median().abs())
+        return cls((q @ s[:, ok]).detach(), theta[ok], bulk if bulk > 0 else 1.0)
+
+
+def pcg(matvec: Callable, b: torch.Tensor, precond: Callable, tol: float, max_iter: int) -> tuple[torch.Tensor, int, bool]:
+    """Preconditioned CG on ``H x = b`` until ``‖r‖ ≤ tol‖b‖``: (x, iterations, negative curvature met).
+
+    On negative curvature ``dᵀHd ≤ 0`` it stops with the iterate so far, or ``M⁻¹b`` at the first iteration —
+    for ``b = −∇f`` both are descent directions (Nocedal & Wright, Algorithm 7.1).
+    """
+    x, r = torch.zeros_like(b), b.clone()
+    z = precond(r)
+    d, rz, bnorm = z.clone(), r @ z, b.norm()
+    for it in range(max_iter):
+        if r.norm() <= tol * bnorm:
+            return x, it, False
+        hd = matvec(d)
+        dhd = d @ hd
+        if not dhd > 0:
+            return (x if it else z), it, True
+        a = rz / dhd
+        x, r = x + a * d, r - a * hd
+        z = precond(r)
+        rz, rz_old = r @ z, rz
+        d = z + (rz / rz_old) * d
+    return x, max_iter, False
+
+
+@dataclass
+class NewtonPath:
+    """What :func:`newton_minimize` met on its way: the guard (:func:`guard_reason`) reads it."""
+
+    first_step: float  # ‖d₀‖, the first Newton step from the start: the first-order predicted displacement
+    displacement: float  # ‖x_final − x₀‖
+    backtracked: bool  # some step was shortened by the line search
+    negative_curvature: bool  # some PCG met dᵀHd ≤ 0: the path crossed a non-convex region
+
+
+def _armijo(fun: Callable, x: torch.Tensor, value: torch.Tensor, g: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+    """``(x + t d, t)`` with the largest ``t = 2⁻ʲ`` (j ≤ 10) such that ``fun ≤ fun(x) + 10⁻⁴ t gᵀd`` (+ rounding slack); None if none."""
+    slack = 1e3 * torch.finfo(x.dtype).eps * max(1.0, abs(float(value)))
+    slope = float(g @ d)
+    t = 1.0
+    for _ in range(11):
+        x_new = x + t * d
+        with torch.no_grad():
+            f_new = fun(x_new)
+        if torch.isfinite(f_new) and float(f_new) <= float(value) + 1e-4 * t * slope + slack:
+            return x_new, t
+        t /= 2
+    return None, 0.0
+
+
+def newton_minimize(fun: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, grad_tol: float,
+                    precond: Callable | None = None, max_steps: int = 20) -> tuple[Minimum, NewtonPath] | None:
+    """Newton–PCG from ``x0`` until ``‖∇fun‖₂ ≤ grad_tol`` (the stopping rule of :func:`minimize`).
+
+    Each step solves ``∇²fun(x) d = −∇fun(x)`` by PCG on true HVPs at ``x`` (preconditioner ``precond``) to
+    relative residual ``min(0.1, ‖∇fun‖)`` (superlinear, then quadratic convergence; truncated at negative
+    curvature, see :func:`pcg`) and takes ``x + t d`` by Armijo backtracking on ``fun``. None — the caller
+    falls back to L-BFGS — on a failed line search, non-finite values or ``max_steps`` steps without convergence.
+    """
+    precond = precond or (lambda b: b)
+    x0 = x0.detach()
+    x, total_cg, first, backtracked, negative = x0, 0, math.nan, False, False
+    for step in range(max_steps + 1):
+        value, g, matvec = value_grad_hvp(fun, x)
+        gnorm = float(g.norm())
+        if not (math.isfinite(gnorm) and bool(torch.isfinite(value))):
+            return None
+        if gnorm <= grad_tol:
+            path = NewtonPath(first if step else 0.0, float((x - x0).norm()), backtracked, negative)
+            return Minimum(x, float(value), gnorm, 0, step, method="newton", cg_iterations=total_cg), path
+        if step == max_steps:
+            return None
+        d, its, neg = pcg(matvec, -g, precond, min(0.1, gnorm), 10 * x.numel())
+        total_cg += its
+        negative |= neg
+        if step == 0:
+            first = float(d.norm())
+        x, t = _armijo(fun, x, value, g, d)
+        if x is None:
+            return None
+        backtracked |= t < 1.0
+    return None
+
+
+# The guard's bound on how far Newton may land beyond the first-order step (landing displacement / ‖d₀‖).
+GUARD_RATIO = 2.0
+# Newton and L-BFGS landed in different minima where they are farther apart than this share of L-BFGS's displacement
+# (both converged to grad_tol land within ~grad_tol / λ_min of one minimum: orders of magnitude closer).
+ANOTHER_MINIMUM = 1e-2
+
+
+def guard_reason(path: NewtonPath, ratio: float = GUARD_RATIO) -> str:
+    """Why a Newton–PCG landing must be checked against L-BFGS ('' where it need not).
+
+    Newton from a warm start lands in the minimum first order describes when its path stays in the convex
+    basin around it: full steps, positive curvature all along, and a landing displacement within ``ratio``
+    times the first Newton step (the first-order predicted displacement). A shortened step, negative
+    curvature or a longer jump means the path crossed non-convex ground, where it may reach another minimum
+    than L-BFGS (measured on the default config: 1 leave-k-out set in 48).
+    """
+    reasons = []
+    if path.negative_curvature:
+        reasons.append("negative curvature on the path")
+    if path.backtracked:
+        reasons.append("line search shortened a step")
+    if path.first_step > 0 and path.displacement > ratio * path.first_step:
+        reasons.append(f"landed {path.displacement / path.first_step:.2f}x the first-order step away")
+    return "; ".join(reasons)
+
+
+def minimize_from_warm_start(fun: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, grad_tol: float, max_iter: int,
+                             newton_steps: int = 8, precond: Callable | None = None, guard_ratio: float = GUARD_RATIO) -> Minimum:
+    """:func:`newton_minimize` from ``x0``; where it fails, or its guard (:func:`guard_reason`) trips, :func:`minimize`
+    (L-BFGS + polishing, the protocol) from the same ``x0``. The result says which (``method``, ``guard``)."""
+    res = newton_minimize(fun, x0, grad_tol, precond)
+    if res is None:
+        reason = "newton failed"
+    else:
+        newton, path = res
+        reason = guard_reason(path, guard_ratio)
+        if not reason:
+            return newton
+    out = minimize(fun, x0, grad_tol=grad_tol, max_iter=max_iter, newton_steps=newton_steps)
+    if res is not None:
+        moved, gap = float((out.params - x0).norm()), float((out.params - newton.params).norm())
+        out.newton_gap = gap / moved if moved > 0 else (0.0 if gap == 0 else math.inf)
+        reason += f"; L-BFGS landed {out.newton_gap:.1e} x its own displacement from Newton"
+    log.info("Newton-PCG handed back to L-BFGS: %s", reason)
+    out.guard = reason
     return out

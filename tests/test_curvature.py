@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.func import hessian
 
+from msif.arguments import CGOptions
 from msif.core.products import dense_matrix, hvp
 from msif.core.solvers import Eigh, block_cg, cg, exact_solve, lanczos_extremes, solve
 from oracles import tiny_problem
@@ -104,8 +105,8 @@ def test_block_cg_flags_negative_curvature_and_solve_dispatches_it():
     assert sol.info["negative_curvature"] and not sol.info["converged"]
     spd = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
     b = torch.ones(3, 2, dtype=torch.float64)
-    assert solve("cg", lambda v: spd @ v, b, 0.0, {}, lanczos_iters=0).info["block"]
-    assert "block" not in solve("cg", lambda v: spd @ v, b, 0.0, {"block": False}, lanczos_iters=0).info
+    assert solve("cg", lambda v: spd @ v, b, 0.0, None, lanczos_iters=0).info["block"]
+    assert "block" not in solve("cg", lambda v: spd @ v, b, 0.0, CGOptions(block=False), lanczos_iters=0).info
 
 
 def test_cg_reports_non_convergence(pretrain_problem):

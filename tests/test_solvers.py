@@ -2,8 +2,9 @@
 
 Residual bounds (relative, ‖(H+λI)x − b‖/‖b‖ against the true curvature):
 - exact, CG: tight (≤ 1e-9);
-- LiSSA: full-batch with depth from the contraction bound: ≤ 1e-6; mini-batch: loose, the error
-  against the dense solve ≤ 0.35 (a variance floor, not a bug);
+- LiSSA: full-batch with depth from the contraction bound: ≤ 1e-6; mini-batch: one run is a draw from a
+  wide distribution (≈ 0.25 relative error here), so it is judged in expectation — the sampler draws unbiased
+  batches, and the mean of 200 runs equals the dense solve within 4 standard errors (≤ 0.1 ‖x‖);
 - Arnoldi: exact on the top-r eigenspace — equals the dense solve projected on the true top-r
   eigenvectors (≤ 1e-6), so its residual equals ‖(I − P_r) b‖/‖b‖, loose by design;
 - EK-FAC: equals the dense K-FAC-with-eigenvalue-correction oracle (≤ 1e-9); its residual against the
@@ -18,7 +19,7 @@ import yaml
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
-from msif.arguments import ArnoldiOptions, CGOptions, EKFACOptions, LissaOptions, PCGOptions, stage_solvers
+from msif.arguments import ArnoldiOptions, CGOptions, EKFACOptions, LissaOptions, PCGOptions, SolveArguments, stage_solvers
 from msif.core.ekfac import EKFAC
 from msif.core.products import NonFiniteError, dense_matrix
 from msif.core.solvers import arnoldi, cg, ekfac_solve, lissa, solve
@@ -76,7 +77,7 @@ def test_cg_and_exact_through_stage_solve_are_tight(problem, stage, curvature):
     b = rhs(x.numel())
     truth = dense_solve(obj, x, b, 1e-3, curvature)
     for name in ("exact", "cg"):
-        out = stage_solve(obj, x, b, name, 1e-3, {"curvature": curvature, "cg": {"tol": 1e-12, "max_iter": 500}})
+        out = stage_solve(obj, x, b, name, SolveArguments.from_config({"damping": 1e-3, "curvature": curvature, "cg": {"tol": 1e-12, "max_iter": 500}}))
         torch.testing.assert_close(out.x, truth, rtol=1e-7, atol=1e-9)
         assert out.residual.max() <= 1e-9 and out.info["converged"] and out.info["curvature"] == curvature
 
@@ -108,12 +109,90 @@ def test_lissa_on_mini_batches_is_loose_but_close(problem):
     obj, x = problem[2]["pretrain"]
     damping = 0.05
     b = rhs(x.numel(), 2)
-    out = stage_solve(obj, x, b, "lissa", damping, {"lissa": {"batch_size": 15, "depth": 120, "repeats": 2, "scale": 2.0}})
-    truth = dense_solve(obj, x, b, damping)
-    err = (out.x - truth).norm(dim=0) / truth.norm(dim=0)
-    assert err.max() <= 0.35, err
+    out = stage_solve(obj, x, b, "lissa", SolveArguments(damping, lissa=LissaOptions(batch_size=15, depth=120, repeats=2, scale=2.0)))
+    # the wiring: stage_solve is lissa() on this stage's mini-batch sampler with these options, nothing else (its accuracy
+    # is judged in expectation below; a single run's error is a draw from a wide distribution)
+    st = stage_of(obj)
+    direct = lissa(st.matvec(x), b, damping, sampler=st.sampler(x, "hessian", 15), scale=2.0, depth=120, repeats=2, seed=0)
+    assert torch.equal(out.x, direct.x) and torch.equal(out.residual, direct.residual)
     assert out.info["minibatch_fraction"] == 0.5 and out.info["full_hvp_equivalents"] == 0.5 * out.info["hvps"]
-    assert torch.isfinite(out.residual).all() and out.residual.max() < 1
+    assert out.info["hvps"] == 120 * 2 * 2  # depth × repeats × columns, no Lanczos (scale given)
+
+
+def per_example_curvatures(obj, x) -> torch.Tensor:
+    """``∇²ℓ_i + ∇²r`` for every example i, densely: the stage's curvature on the one-example batch {i}, (n, p, p)."""
+    st = stage_of(obj)
+    return torch.stack([dense_matrix(st.matvec(x, "hessian", torch.tensor([i])), x.numel(), x) for i in range(st.n)])
+
+
+def test_lissa_sampler_draws_uniform_minibatches_of_the_mean_curvature(problem):
+    """Each draw of the stage's sampler is the curvature of the mean loss over b distinct examples plus the whole L2 term:
+    decomposed by least squares on the per-example loss Hessians and the identity, its coefficients are 1/b on exactly b
+    examples, 0 on the others and λ_pt on I. Over 24 draws each example is drawn ~Binomial(24, b/n) times (b/n = 1/2):
+    every one between 2 and 22 (4 sd), and the draws are not all one batch. So E[H_j] = H: the sampler is unbiased."""
+    obj, x = problem[2]["pretrain"]
+    n, p, batch = obj.n, x.numel(), 15
+    per_example = per_example_curvatures(obj, x)
+    torch.testing.assert_close(per_example.mean(0), hessian(obj)(x), rtol=1e-10, atol=1e-12)
+    eye = torch.eye(p, dtype=DT)
+    basis = torch.cat([(per_example - obj.l2 * eye).reshape(n, -1), eye.reshape(1, -1)]).T  # (p², n + 1)
+    assert torch.linalg.matrix_rank(basis) == n + 1
+    sampler = stage_of(obj).sampler(x, "hessian", batch)
+    gen = torch.Generator().manual_seed(0)
+    counts, batches = torch.zeros(n), set()
+    for _ in range(24):
+        m = dense_matrix(sampler.draw(gen), p, x)
+        coef = torch.linalg.lstsq(basis, m.reshape(-1, 1)).solution.flatten()
+        torch.testing.assert_close(basis @ coef, m.reshape(-1), rtol=0, atol=1e-10)  # in the span: nothing else in a draw
+        drawn = coef[:n] > 0.5 / batch
+        assert int(drawn.sum()) == batch, coef
+        torch.testing.assert_close(coef[:n][drawn], torch.full((batch,), 1 / batch, dtype=DT), rtol=0, atol=1e-8)
+        torch.testing.assert_close(coef[:n][~drawn], torch.zeros(n - batch, dtype=DT), rtol=0, atol=1e-8)
+        torch.testing.assert_close(coef[n], torch.tensor(obj.l2, dtype=DT), rtol=0, atol=1e-8)
+        counts += drawn
+        batches.add(tuple(torch.nonzero(drawn).flatten().tolist()))
+    assert len(batches) > 1 and counts.min() >= 2 and counts.max() <= 22, counts
+
+
+def test_minibatch_lissa_averages_to_the_dense_solve(problem):
+    """Mini-batch LiSSA converges in expectation: each batch is drawn independently of x_{j-1} and E[H_j] = H, so the
+    mean over independent runs follows the full-batch recursion, whose value at this depth is (H + λI)⁻¹b up to the
+    contraction bound's 1e-6.
+
+    R = 200 independent runs side by side in one lissa() call: the sampler draws an independent batch of 20 for each
+    run's column (the recursion acts column by column), its products from the dense per-example curvatures (the
+    stage's own draws are those, test above). One run's error is ≈ 0.23 ‖x‖ (sd); the mean over runs must lie within
+    4 standard errors (from the runs' spread, ≈ 0.016 ‖x‖) plus the truncation error, and that bound must be
+    ≤ 0.1 ‖x‖: a factor 2 (error 0.5 ‖x‖), a sign (2 ‖x‖) or twice the damping (0.34 ‖x‖ on this problem) fails.
+    """
+    from msif.core.products import MinibatchSampler
+
+    obj, x = problem[2]["pretrain"]
+    n, p = obj.n, x.numel()
+    damping, scale, batch, runs = 0.05, 1.5, 20, 200
+    per_example = per_example_curvatures(obj, x)
+    h = per_example.mean(0)
+    ev = torch.linalg.eigvalsh(h)
+    assert ev[-1] + damping < scale and ev[0] > 0
+    depth = math.ceil(math.log(1e-6) / math.log(1 - float(ev[0] + damping) / scale))
+    b = rhs(p, 1)
+
+    def draw(gen):
+        idx = torch.rand(runs, n, generator=gen).argsort(1)[:, :batch]  # one batch per run, without replacement
+        weights = torch.zeros(runs, n, dtype=DT).scatter_(1, idx, 1 / batch)
+        m = (weights @ per_example.reshape(n, -1)).reshape(runs, p, p)
+        return lambda v: torch.bmm(m, v.T[:, :, None])[:, :, 0].T  # run r's batch on column r
+
+    out = lissa(lambda v: h @ v, b.expand(p, runs), damping, sampler=MinibatchSampler(draw, batch / n), scale=scale, depth=depth)
+    mean = out.x.mean(1)
+    se = float((((out.x - mean[:, None]) ** 2).sum() / (runs - 1) / runs).sqrt())  # sqrt(tr Cov / R)
+    truth = torch.linalg.solve(h + damping * torch.eye(p, dtype=DT), b)[:, 0]
+    truncation = float((lissa(lambda v: h @ v, b, damping, scale=scale, depth=depth).x[:, 0] - truth).norm())
+    assert truncation <= 1e-5 * truth.norm(), truncation
+    bound = 4 * se + truncation
+    assert bound <= 0.1 * truth.norm(), (bound, truth.norm())
+    err = float((mean - truth).norm())
+    assert err <= bound, (err / truth.norm(), bound / truth.norm())
 
 
 def test_lissa_reports_divergence_as_non_finite(problem):
@@ -272,11 +351,11 @@ def test_pcg_is_the_dense_solve_in_fewer_products_and_one_step_beats_ekfac(train
     b = rhs(x.numel(), 4)
     truth = dense_solve(pt, x, b, damping, curvature)
     opts = {"curvature": curvature, "lanczos_iters": 0}
-    out = stage_solve(pt, x, b, "pcg", damping, {**opts, "pcg": {"tol": 1e-12, "batch_size": 4}})
+    out = stage_solve(pt, x, b, "pcg", SolveArguments.from_config({**opts, "damping": damping, "pcg": {"tol": 1e-12, "batch_size": 4}}))
     torch.testing.assert_close(out.x, truth, rtol=1e-7, atol=1e-9)
     assert out.info["converged"] and out.info["solver"] == "pcg" and out.info["layers"] == ["body.0", "body.3", "pt_head"]
-    one = stage_solve(pt, x, b, "pcg", damping, {**opts, "pcg": {"max_iter": 1, "batch_size": 4}})
-    ek = stage_solve(pt, x, b, "ekfac", damping, {**opts, "ekfac": {"batch_size": 4}})
+    one = stage_solve(pt, x, b, "pcg", SolveArguments.from_config({**opts, "damping": damping, "pcg": {"max_iter": 1, "batch_size": 4}}))
+    ek = stage_solve(pt, x, b, "ekfac", SolveArguments.from_config({**opts, "damping": damping, "ekfac": {"batch_size": 4}}))
     a = (hessian(pt)(x) if curvature == "hessian" else dense_ggn(pt, x)) + damping * torch.eye(x.numel(), dtype=DT)
 
     def a_norm_error(sol):

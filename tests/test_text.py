@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from msif.arguments import CGOptions, SolveArguments
 from msif.experiments.text import PAD, build_vocab, chunks, encode, pad, text_model, tokenize
 from msif.influence.multi_stage import multi_stage_influence
 from msif.task.data import Split, TwoStageData
@@ -114,8 +115,8 @@ def test_text_multi_stage_influence_matches_finite_difference_retraining(problem
     against re-optimising both stages with the chunk up-weighted by ±ε (method.md's oracle)."""
     data, model, pt, pt_params, theta0 = problem
     ft, ft_params = finetuned(model, data, pt_params[: model.w_spec.numel], theta0, scenario, alpha)
-    options = {"cg": {"tol": 1e-12, "max_iter": 500}}
-    result = multi_stage_influence(pt, pt_params, ft, ft_params, data.finetune_test, solver=solver, options=options)
+    args = SolveArguments(cg=CGOptions(tol=1e-12, max_iter=500))
+    result = multi_stage_influence(pt, pt_params, ft, ft_params, data.finetune_test, solver=solver, args=args)
     n = len(data.pretrain)
     assert result.scores.shape == (len(data.finetune_test), n)
     for i in (0, 9):

@@ -20,6 +20,7 @@ SCORE_CONVENTION = (
 )
 
 _API = {
+    "SolveArguments": "msif.arguments",
     "Split": "msif.task.data",
     "TwoStageData": "msif.task.data",
     "TwoStageModel": "msif.task.models",

@@ -41,7 +41,7 @@ from typing import Protocol
 
 import torch
 
-from msif.arguments import SOLVERS, ArnoldiOptions, CGOptions, EKFACOptions, LissaOptions, PCGOptions, options_of
+from msif.arguments import OPTIONS, SOLVERS
 from msif.core.products import Matvec, MinibatchSampler, _Counted, check_finite, dense_matrix, relative_residual
 
 log = logging.getLogger(__name__)
@@ -401,44 +401,47 @@ def pcg(matvec: Matvec, b: torch.Tensor, damping: float, factors: Factorisation,
 
 # ---------------------------------------------------------------------------------------------
 
-def solve(name: str, matvec: Matvec, b: torch.Tensor, damping: float, options: dict | None = None, eigh: Eigh | None = None, *,
+def solve(name: str, matvec: Matvec, b: torch.Tensor, damping: float, options=None, eigh: Eigh | None = None, *,
           sampler: MinibatchSampler | None = None, ekfac: Factorisation | Callable[[], Factorisation] | None = None,
-          lanczos_iters: int | None = None) -> Solve:
-    """Dispatch to a solver by name (one of ``SOLVERS``), ``options`` its config block (``influence.<name>``).
+          lanczos_iters: int = 60) -> Solve:
+    """Dispatch to a solver by name (one of ``SOLVERS``): ``(H + λI) X = B`` with ``options`` that solver's options object.
 
+    ``options``: e.g. :class:`msif.arguments.CGOptions` for ``cg`` (``None``: its defaults; ``exact`` has none).
     ``lissa`` uses ``sampler`` when given (mini-batch products), else the full matvec; ``ekfac``
     needs a fitted EK-FAC (or a zero-argument callable fitting one), since it sees layers, not a
-    matvec; ``pcg`` needs it too, as its preconditioner. Every iterative solver also reports a Lanczos estimate of H's extreme eigenvalues
-    (``lanczos_iters`` products, default ``options['lanczos_iters']`` or 60, 0 to skip; not counted in ``hvps``).
+    matvec; ``pcg`` needs it too, as its preconditioner. Every iterative solver also reports a Lanczos estimate of
+    H's extreme eigenvalues (``lanczos_iters`` products, 0 to skip; not counted in ``hvps``).
     """
-    options = dict(options or {})
     check_finite("right-hand side B", b if b.ndim == 2 else b[:, None], label_name="columns")
+    if name not in SOLVERS:
+        raise ValueError(f"solver={name!r}: allowed {list(SOLVERS)}")
     if name == "exact":
         return exact_solve(matvec, b, damping, eigh=eigh)
-    iters = lanczos_iters if lanczos_iters is not None else options.get("lanczos_iters", 60)
-    options.pop("lanczos_iters", None)
+    o = options if options is not None else OPTIONS[name]()
+    if not isinstance(o, OPTIONS[name]):
+        raise TypeError(f"solver={name!r} takes {OPTIONS[name].__name__} options, not {type(o).__name__}")
     if name == "cg":
-        o = options_of(CGOptions, options)
         many = o.block and b.ndim == 2 and b.shape[1] > 1
         out = (block_cg if many else cg)(matvec, b, damping, tol=o.tol, max_iter=o.max_iter)
     elif name == "lissa":
-        o = options_of(LissaOptions, options)
         out = lissa(matvec, b, damping, sampler=sampler if o.batch_size is not None else None, scale=o.scale, depth=o.depth,
                     repeats=o.repeats, seed=o.seed, tol=o.tol)
     elif name == "arnoldi":
-        o = options_of(ArnoldiOptions, options)
         out = arnoldi(matvec, b, damping, rank=o.rank, iters=o.iters, seed=o.seed, tol=o.tol)
-    elif name in ("ekfac", "pcg"):
-        o = options_of(EKFACOptions if name == "ekfac" else PCGOptions, options)
-        if ekfac is None:
-            raise ValueError(f"solver={name!r} needs a fitted EK-FAC (msif.core.ekfac.EKFAC.fit on the stage's layers): "
-                             "call it through msif.influence.stage_solve.stage_solve, or pass ekfac=")
-        factors = ekfac() if callable(ekfac) else ekfac
-        out = (ekfac_solve(matvec, b, damping, factors, tol=o.tol) if name == "ekfac"
-               else pcg(matvec, b, damping, factors, tol=o.tol, max_iter=o.max_iter))
     else:
-        raise ValueError(f"solver={name!r}: allowed {list(SOLVERS)}")
-    if iters:
-        lo, hi = lanczos_extremes(matvec, b.shape[0], b, iters=iters)
+        out = _factorised(name, matvec, b, damping, o, ekfac)
+    if lanczos_iters:
+        lo, hi = lanczos_extremes(matvec, b.shape[0], b, iters=lanczos_iters)
         out.info.update(min_eigenvalue=lo, max_eigenvalue=hi, eigenvalue_method="lanczos")
     return out
+
+
+def _factorised(name: str, matvec: Matvec, b: torch.Tensor, damping: float, o, ekfac) -> Solve:
+    """``ekfac`` (the factorisation's own solve) or ``pcg`` (block CG preconditioned by it)."""
+    if ekfac is None:
+        raise ValueError(f"solver={name!r} needs a fitted EK-FAC (msif.core.ekfac.EKFAC.fit on the stage's layers): "
+                         "call it through msif.influence.stage_solve.stage_solve, or pass ekfac=")
+    factors = ekfac() if callable(ekfac) else ekfac
+    if name == "ekfac":
+        return ekfac_solve(matvec, b, damping, factors, tol=o.tol)
+    return pcg(matvec, b, damping, factors, tol=o.tol, max_iter=o.max_iter)

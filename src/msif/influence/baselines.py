@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
+from msif.arguments import SolveArguments
 from msif.core.solvers import Eigh
 from msif.influence.multi_stage import pretrain_ihvp, removal_effect
 from msif.influence.scoring import upweight_influence
@@ -41,11 +42,11 @@ def _pad(g: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def baseline_scores(pt: PretrainObjective, pt_params: torch.Tensor, ft: FinetuneObjective, ft_params: torch.Tensor, test: Split,
-                    solver: str, damping: float, options: dict | None, seed: int, batch_size: int = 256,
+                    solver: str, args: SolveArguments, seed: int, batch_size: int = 256,
                     eigh: Eigh | None = None) -> dict[str, torch.Tensor]:
-    """All baselines' score matrices, shape (n_test, n_pretrain) each; ``solver``/``options`` as for pretrain_ihvp."""
+    """All baselines' score matrices, shape (n_test, n_pretrain) each; ``solver``/``args`` as for pretrain_ihvp."""
     g_w = direct_w_gradient(ft, ft_params, test)
-    s = pretrain_ihvp(pt, pt_params, g_w, solver, damping, options, eigh=eigh).x
+    s = pretrain_ihvp(pt, pt_params, g_w, solver, args, eigh=eigh).x
     g = _pad(g_w, pt_params.numel())
     out = {
         "single_stage": removal_effect(upweight_influence(pt, pt_params, s, batch_size), pt.n),

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, vmap
 
-from msif.arguments import stage_solvers
+from msif.arguments import SolveArguments, stage_solvers
 from msif.core.products import check_finite
 from msif.core.solvers import Eigh, Solve
 from msif.influence.scoring import upweight_influence
-from msif.influence.stage_solve import stage_solve
+from msif.influence.stage_solve import as_arguments, stage_solve
 from msif.task.data import Split
 from msif.task.objectives import FinetuneObjective, PretrainObjective, finetune_losses
 
@@ -45,17 +45,17 @@ def test_loss_grads(ft: FinetuneObjective, params: torch.Tensor, test: Split) ->
     return vmap(grad(one), in_dims=(None, 0, 0), out_dims=1)(params, test.x, test.y)
 
 
-def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solver: str, damping: float, options: dict | None = None,
-                  eigh: Eigh | None = None) -> Solve:
+def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solver: str,
+                  args: SolveArguments | float | None = None, options: dict | None = None, eigh: Eigh | None = None) -> Solve:
     """``v = (H_ft + λI)⁻¹ ∇f`` (fixed: over Θ) or ``(H̃_ft + λI)⁻¹ ∇_{Θ,W} f`` (updated), all tests at once.
 
     ``solver``: a name of ``msif.arguments.SOLVERS`` or ``<finetune>+<pretrain>`` (this stage uses the
-    first); ``options``: the ``influence`` config block (``curvature`` and per-solver blocks); ``eigh``: a
+    first); ``args``: damping, curvature and solver options (:class:`msif.arguments.SolveArguments`); ``eigh``: a
     prebuilt dense factorisation for the exact solver.
     """
     rhs = test_loss_grads(ft, params, test)
     check_finite("test-loss gradients ∇f", rhs, labels=test.ids, label_name="test example ids")
-    return stage_solve(ft, params, rhs, stage_solvers(solver)[0], damping, options, eigh=eigh)
+    return stage_solve(ft, params, rhs, stage_solvers(solver)[0], as_arguments(args, options), eigh=eigh)
 
 
 def cross_stage_vector(ft: FinetuneObjective, params: torch.Tensor, test: Split, v: torch.Tensor) -> torch.Tensor:
@@ -80,11 +80,11 @@ def cross_stage_vector(ft: FinetuneObjective, params: torch.Tensor, test: Split,
     return direct - indirect
 
 
-def pretrain_ihvp(pt: PretrainObjective, params: torch.Tensor, g: torch.Tensor, solver: str, damping: float,
-                  options: dict | None = None, eigh: Eigh | None = None) -> Solve:
+def pretrain_ihvp(pt: PretrainObjective, params: torch.Tensor, g: torch.Tensor, solver: str,
+                  args: SolveArguments | float | None = None, options: dict | None = None, eigh: Eigh | None = None) -> Solve:
     """``s = (H_pt + λI)⁻¹ [g; 0]``: the W-block right-hand side padded with zeros on the U block (solver as in finetune_ihvp, the second)."""
     rhs = torch.cat([g, torch.zeros(params.numel() - g.shape[0], g.shape[1], dtype=g.dtype, device=g.device)])
-    return stage_solve(pt, params, rhs, stage_solvers(solver)[1], damping, options, eigh=eigh)
+    return stage_solve(pt, params, rhs, stage_solvers(solver)[1], as_arguments(args, options), eigh=eigh)
 
 
 def removal_effect(upweight: torch.Tensor, n: int) -> torch.Tensor:
@@ -101,11 +101,14 @@ class MultiStageResult:
 
 
 def multi_stage_influence(pt: PretrainObjective, pt_params: torch.Tensor, ft: FinetuneObjective, ft_params: torch.Tensor,
-                          test: Split, solver: str = "exact", damping: float = 0.0, options: dict | None = None,
+                          test: Split, solver: str = "exact", args: SolveArguments | None = None,
                           batch_size: int = 256) -> MultiStageResult:
-    """All stages in one call: scores (n_test, n_pretrain) in the removal-effect convention."""
-    v = finetune_ihvp(ft, ft_params, test, solver, damping, options)
+    """All stages in one call: scores (n_test, n_pretrain) in the removal-effect convention.
+
+    ``args``: damping, curvature and solver options (default: no damping, the Hessian, each solver's defaults).
+    """
+    v = finetune_ihvp(ft, ft_params, test, solver, args)
     g = cross_stage_vector(ft, ft_params, test, v.x)
-    s = pretrain_ihvp(pt, pt_params, g, solver, damping, options)
+    s = pretrain_ihvp(pt, pt_params, g, solver, args)
     scores = removal_effect(upweight_influence(pt, pt_params, s.x, batch_size), pt.n)
     return MultiStageResult(scores, v, s, g)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from msif import io
-from msif.arguments import DATA_KEYS, TRAIN_KEYS, pick
+from msif.arguments import DATA_KEYS, TRAIN_KEYS, SolveArguments, pick
 from msif.core.products import hvp
 from msif.core.solvers import lanczos_extremes
 from msif.experiments.registry import Experiment
@@ -74,9 +74,9 @@ def load_stages(config: dict, scenario: str, data_path: str, pretrain_path: str,
     return exp, exp.pretrain_objective(), pt_params, ft, ft_params
 
 
-def influence_options(config: dict) -> dict:
-    """The ``influence`` block for ``finetune_ihvp``/``pretrain_ihvp``: ``curvature`` and every solver's options."""
-    return dict(config["influence"])
+def solve_arguments(config: dict) -> SolveArguments:
+    """The ``influence`` block as :class:`msif.arguments.SolveArguments`: the config stops here."""
+    return SolveArguments.from_config(config["influence"])
 
 
 @contextmanager

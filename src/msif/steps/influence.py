@@ -18,11 +18,11 @@ from msif.steps.common import (
     check_solve,
     experiment,
     finetune_args,
-    influence_options,
     load_stages,
     named,
     scores_args,
     solve_args,
+    solve_arguments,
     train_args,
 )
 from msif.task.objectives import stage_of
@@ -35,9 +35,8 @@ log = logging.getLogger("msif")
 def finetune_ihvp(config: dict, scenario: str, solver: str, data_path: str, pretrain_path: str, finetune_path: str, out: str) -> None:
     """Step 1 of method.md: ``v = (H_ft + λI)⁻¹ ∇f`` for all scored test examples."""
     exp, _, _, ft, ft_params = load_stages(config, scenario, data_path, pretrain_path, finetune_path)
-    damping = config["influence"]["damping"]
     with named(f"finetune_ihvp[{scenario},{solver}]"):
-        sol = multi_stage.finetune_ihvp(ft, ft_params, exp.test, solver, damping, influence_options(config))
+        sol = multi_stage.finetune_ihvp(ft, ft_params, exp.test, solver, solve_arguments(config))
     problems = check_solve(f"finetune_ihvp[{scenario},{solver}]", sol, config)
     io.save_tensors(out, {"v": sol.x, "residual": sol.residual}, args=solve_args(config, scenario, solver),
                     solve=sol.summary(), problems=health.upstream(finetune_path) + problems)
@@ -70,7 +69,7 @@ def pretrain_ihvp(config: dict, scenario: str, solver: str, data_path: str, pret
         h = io.load_tensors(hessian_path, train_args(config), device=exp.device)
         eigh = Eigh(h["values"], h["vectors"])
     with named(f"pretrain_ihvp[{scenario},{solver}]"):
-        sol = multi_stage.pretrain_ihvp(pt, pt_params, g, solver, config["influence"]["damping"], influence_options(config), eigh=eigh)
+        sol = multi_stage.pretrain_ihvp(pt, pt_params, g, solver, solve_arguments(config), eigh=eigh)
     problems = check_solve(f"pretrain_ihvp[{scenario},{solver}]", sol, config)
     io.save_tensors(out, {"s": sol.x, "g": g, "residual": sol.residual}, args=solve_args(config, scenario, solver),
                     solve=sol.summary(), problems=health.upstream(finetune_ihvp_path, hessian_path) + problems)

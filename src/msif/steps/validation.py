@@ -12,7 +12,7 @@ import msif
 from msif import io
 from msif.core.solvers import Eigh
 from msif.influence.baselines import baseline_scores
-from msif.steps.common import finetune_args, influence_options, load_stages, newton_steps, train_args
+from msif.steps.common import finetune_args, load_stages, newton_steps, solve_arguments, train_args
 from msif.task.training import ANOTHER_MINIMUM, TrainingError
 from msif.validation import health, metrics
 from msif.validation.compare import ScenarioInputs, compare_tables, read_csvs
@@ -161,8 +161,8 @@ def baselines(config: dict, scenario: str, data_path: str, pretrain_path: str, f
     if hessian_path:
         h = io.load_tensors(hessian_path, train_args(config), device=exp.device)
         eigh = Eigh(h["values"], h["vectors"])
-    out_scores = baseline_scores(pt, pt_params, ft, ft_params, exp.test, solver, config["influence"]["damping"],
-                                 influence_options(config), seed=config["seed"], batch_size=config["influence"]["batch_size"], eigh=eigh)
+    out_scores = baseline_scores(pt, pt_params, ft, ft_params, exp.test, solver, solve_arguments(config), seed=config["seed"],
+                                 batch_size=config["influence"]["batch_size"], eigh=eigh)
     log.info("baselines[%s]: %s", scenario, sorted(out_scores))
     io.save_tensors(out, out_scores, args={**finetune_args(config, scenario), "influence": config["influence"]},
                     convention="larger = more helpful; single_stage and grad_dot in removal-effect units (" + msif.SCORE_CONVENTION + ")")

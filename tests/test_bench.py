@@ -11,11 +11,12 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import ROOT
 from msif.arguments import SOLVERS
 from msif.bench import solvers
-from msif.bench.base import STAGES, load_config, solver_spec
+from msif.bench.base import STAGES, config_for, solver_spec
 from msif.bench.scale import ScaleBench
 from msif.bench.solvers import COST_SOLVERS, GGN_SOLVERS, SolversBench
 from msif.errors import ConfigError
@@ -33,7 +34,7 @@ def smoke(tmp_path_factory):
 def test_smoke_writes_every_table_with_its_columns(smoke):
     agree, cost = pd.read_csv(smoke / "solvers.csv"), pd.read_csv(smoke / "cost.csv")
     assert tuple(agree.columns) == SolversBench.AGREEMENT_COLUMNS and tuple(cost.columns) == SolversBench.COST_COLUMNS
-    scenarios = load_config(CONFIG)["scenarios"]
+    scenarios = config_for(CONFIG)["scenarios"]
     assert len(agree) == len(scenarios) * (len(SOLVERS) * len(STAGES) + len(GGN_SOLVERS))
     assert list(dict.fromkeys(agree.solver)) == list(SOLVERS) and set(agree.curvature) == {"hessian", "ggn"}
     assert list(dict.fromkeys(cost.solver)) == list(COST_SOLVERS) and list(cost.n_test.unique()) == [1, 3]
@@ -64,12 +65,21 @@ def test_cost_rows_add_up(smoke):
 
 
 def test_one_seed_of_the_config():
-    assert load_config(CONFIG)["seed"] == 0 and "seeds" not in load_config(CONFIG)
-    assert load_config(CONFIG, seed=2)["seed"] == 2
+    assert config_for(CONFIG)["seed"] == 0 and "seeds" not in config_for(CONFIG)
+    assert config_for(CONFIG, seed=2)["seed"] == 2
     with pytest.raises(ConfigError, match="seed=7"):
-        load_config(CONFIG, seed=7)
-    tiny = load_config(str(ROOT / ".test/config/config.yaml"), smoke=True)
+        config_for(CONFIG, seed=7)
+    tiny = config_for(str(ROOT / ".test/config/config.yaml"), smoke=True)
     assert tiny["seed"] == 0 and tiny["dtype"] == "float64" and tiny["data"]["n_pretrain"] == 60
+
+
+def test_the_config_is_validated_as_the_workflow_validates_it(tmp_path):
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    assert config_for(CONFIG)["training"]["newton_steps"] == 8  # a schema default, filled in
+    config["influence"]["solvers"] = ["exact", "newton"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=r"influence\.solvers"):
+        config_for(str(tmp_path / "bad.yaml"))
 
 
 def test_solver_names_come_from_the_one_list():

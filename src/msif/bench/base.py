@@ -40,12 +40,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import yaml
 
 from msif import io
 from msif.arguments import SOLVERS
 from msif.bench.measure import agreement, epoch_seconds, freeze, machine, measured, stopwatch
-from msif.config import for_seed
+from msif.config import for_seed, load_config, validate_config
 from msif.core.solvers import Eigh, Solve
 from msif.experiments.registry import Experiment
 from msif.influence.multi_stage import cross_stage_vector, finetune_ihvp, pretrain_ihvp, removal_effect
@@ -64,10 +63,10 @@ ITERATIVE = ("cg", "pcg")  # the solvers that may be stopped after k iterations:
 # Config, solver names, the trained problem
 
 
-def load_config(path: str, seed: int | None = None, smoke: bool = False) -> dict:
-    """The config of one seed (:func:`msif.config.for_seed`: default the first of ``seeds``); shrunk by ``smoke``."""
-    config = for_seed(yaml.safe_load(Path(path).read_text()), seed)
-    config.setdefault("plugin", {})
+def config_for(path: str, seed: int | None = None, smoke: bool = False) -> dict:
+    """The config file validated as the workflow validates it (schema defaults filled in), for one seed
+    (:func:`msif.config.for_seed`: default the first of ``seeds``); shrunk by ``smoke`` (:func:`smoke_config`)."""
+    config = for_seed(validate_config(load_config(path)), seed)
     return smoke_config(config) if smoke else config
 
 
@@ -410,7 +409,7 @@ class SolverBench:
     def measure(cls, args: argparse.Namespace, out: Path) -> None:
         """The tables the arguments ask for, each written (CSV, JSON) as soon as it is done; a part not run is left alone."""
         t0 = time.perf_counter()
-        bench = cls.from_args(load_config(args.config, args.seed, args.smoke), args)
+        bench = cls.from_args(config_for(args.config, args.seed, args.smoke), args)
         freeze()
         agreement_table, cost_table = cls.TABLES
         if not args.skip_agreement:

@@ -47,7 +47,7 @@ import torch
 from torch.func import grad, vmap
 
 from msif import io
-from msif.bench.base import load_config, parse, train
+from msif.bench.base import config_for, parse, train
 from msif.bench.measure import agreement, freeze, machine, measured
 from msif.bench.peers import captum, dattri, kronfluence, pydvl, trak
 from msif.bench.peers.align import PeerModel, PeerProblem, to_removal_effect, total_damping
@@ -352,7 +352,7 @@ def smoke_defaults() -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse(parser(), argv, smoke_defaults())
     if args.targets:
-        config = load_config(args.config, args.seed)
+        config = config_for(args.config, args.seed)
         base = Path(args.results) if args.results else Path("results") / str(config["run"]) / f"seed{config['seed']}"
         print(" ".join(str(base / "validation" / f"{t}.csv") for t in ("leave_k_out", "lds")))
     elif args.markdown:
@@ -370,7 +370,7 @@ def measure(args: argparse.Namespace) -> None:
         if lib != "msif":
             require(lib)
     torch.set_num_threads(args.threads)
-    config = load_config(args.config, args.seed, args.smoke)
+    config = config_for(args.config, args.seed, args.smoke)
     if args.dtype:
         config["dtype"] = args.dtype
     settings = Settings(damping=args.damping, n_query=args.n_query, cg_tol=args.cg_tol, lissa_depth=args.lissa_depth)

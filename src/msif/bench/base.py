@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from msif import io
-from msif.arguments import SOLVERS
+from msif.arguments import SOLVERS, SolveArguments
 from msif.bench.measure import agreement, epoch_seconds, freeze, machine, measured, stopwatch
 from msif.config import for_seed, load_config, validate_config
 from msif.core.solvers import Eigh, Solve
@@ -189,7 +189,6 @@ class SolverBench:
         self.options = {**config["influence"], "lanczos_iters": 0}  # the diagnostic Lanczos estimate is not a solver's cost
         self.ref_options = self.options
         self.curvature = self.options.get("curvature", "hessian")
-        self.damping = float(self.options.get("damping", 0.0))
         t0 = time.perf_counter()
         trained = train(self.exp, config, run_dir)
         self.pt, self.pt_params, self.ft, self.ft_params = trained.pt, trained.pt_params, trained.ft, trained.ft_params
@@ -210,13 +209,13 @@ class SolverBench:
 
     # -- one stage's solve -----------------------------------------------------------------------
 
-    def run_options(self, part: str, curvature: str | None, reference: bool) -> tuple[str, dict]:
-        """The solver name of one stage's ``part`` (``name`` or ``name@k``) and the options it runs with."""
+    def solve_arguments(self, part: str, curvature: str | None, reference: bool) -> tuple[str, SolveArguments]:
+        """The solver name of one stage's ``part`` (``name`` or ``name@k``) and the arguments it solves with."""
         [(name, k)] = solver_spec(part, SOLVERS)
-        options = {**(self.ref_options if reference else self.options), "curvature": curvature or self.curvature}
+        block = {**(self.ref_options if reference else self.options), "curvature": curvature or self.curvature}
         if k is not None:
-            options[name] = {**(options.get(name) or {}), "max_iter": k}
-        return name, options
+            block[name] = {**(block.get(name) or {}), "max_iter": k}
+        return name, SolveArguments.from_config(block)
 
     def dense_fit(self, name: str, key: str, objective, params: torch.Tensor, curvature: str) -> tuple[Eigh | None, dict]:
         """The exact solver's dense eigendecomposition of a stage's curvature, built once, and what building it took."""
@@ -231,16 +230,16 @@ class SolverBench:
 
     def finetune(self, scenario: str, spec: str, test, curvature: str | None = None, reference: bool = False) -> tuple[Solve, dict]:
         """``finetune_ihvp`` with the finetuning part of ``spec`` (``a`` or ``a+b``), and the dense fit it used."""
-        name, options = self.run_options(spec.split("+")[0], curvature, reference)
+        name, args = self.solve_arguments(spec.split("+")[0], curvature, reference)
         ft, x = self.ft[scenario], self.ft_params[scenario]
-        eigh, fit = self.dense_fit(name, f"finetune_{scenario}", ft, x, options["curvature"])
-        return finetune_ihvp(ft, x, test, name, self.damping, options, eigh=eigh), fit
+        eigh, fit = self.dense_fit(name, f"finetune_{scenario}", ft, x, args.curvature)
+        return finetune_ihvp(ft, x, test, name, args, eigh=eigh), fit
 
     def pretrain(self, g: torch.Tensor, spec: str, curvature: str | None = None, reference: bool = False) -> tuple[Solve, dict]:
         """``pretrain_ihvp`` with the pretraining part of ``spec`` (``a`` or ``a+b``), and the dense fit it used."""
-        name, options = self.run_options(spec.split("+")[-1], curvature, reference)
-        eigh, fit = self.dense_fit(name, "pretrain", self.pt, self.pt_params, options["curvature"])
-        return pretrain_ihvp(self.pt, self.pt_params, g, name, self.damping, options, eigh=eigh), fit
+        name, args = self.solve_arguments(spec.split("+")[-1], curvature, reference)
+        eigh, fit = self.dense_fit(name, "pretrain", self.pt, self.pt_params, args.curvature)
+        return pretrain_ihvp(self.pt, self.pt_params, g, name, args, eigh=eigh), fit
 
     # -- agreement table -------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ import torch
 from torch.func import grad, vmap
 
 from msif import io
+from msif.arguments import SolveArguments
 from msif.bench.base import config_for, parse, train
 from msif.bench.measure import agreement, freeze, machine, measured
 from msif.bench.peers import captum, dattri, kronfluence, pydvl, trak
@@ -130,16 +131,18 @@ class Setup:
             return vmap(grad(one), in_dims=(None, 0, 0), out_dims=1)(self.pt_params, q.x, q.y)
         return _pad(direct_w_gradient(self.ft[problem], self.ft_params[problem], self.exp.test), self.pt_params.numel())
 
-    def msif_options(self) -> dict:
+    def solve_arguments(self, block_cg: bool = True) -> SolveArguments:
+        """msif's solver settings, the peers' (:class:`Settings`), on the Hessian; ``block_cg=False``: one CG per column."""
         s = self.s
-        return {"curvature": "hessian", "cg": {"tol": s.cg_tol, "max_iter": s.cg_max_iter},
-                "lissa": {"scale": s.lissa_scale, "depth": s.lissa_depth, "batch_size": s.lissa_batch, "seed": s.seed},
-                "arnoldi": {"rank": s.arnoldi_rank, "iters": s.arnoldi_iters, "seed": s.seed}, "ekfac": {"batch_size": s.ekfac_batch}}
+        return SolveArguments.from_config({
+            "damping": s.damping, "curvature": "hessian", "cg": {"tol": s.cg_tol, "max_iter": s.cg_max_iter, "block": block_cg},
+            "lissa": {"scale": s.lissa_scale, "depth": s.lissa_depth, "batch_size": s.lissa_batch, "seed": s.seed},
+            "arnoldi": {"rank": s.arnoldi_rank, "iters": s.arnoldi_iters, "seed": s.seed}, "ekfac": {"batch_size": s.ekfac_batch}})
 
     def exact_ggn(self, problem: str) -> torch.Tensor:
         """msif's exact scores of a problem on the generalised Gauss–Newton: what every EK-FAC approximates
         (the secondary reference, column ``pearson_vs_ggn``)."""
-        sol = stage_solve(self.pt, self.pt_params, self.rhs(problem), "exact", self.s.damping, {"curvature": "ggn"})
+        sol = stage_solve(self.pt, self.pt_params, self.rhs(problem), "exact", SolveArguments(damping=self.s.damping, curvature="ggn"))
         return removal_effect(upweight_influence(self.pt, self.pt_params, sol.x), self.pt.n)
 
     def msif(self, problem: str, method: str) -> tuple[torch.Tensor, str]:
@@ -149,12 +152,11 @@ class Setup:
             return removal_effect(upweight_influence(self.pt, self.pt_params, rhs), self.pt.n), "grad_dot: ∇fᵀ∇l/n"
         if method == "multi_stage":
             r = multi_stage_influence(self.pt, self.pt_params, self.ft[problem], self.ft_params[problem], self.exp.test, "exact",
-                                      self.s.damping)
+                                      SolveArguments(damping=self.s.damping))
             return r.scores, "exact, both stages"
-        options = self.msif_options()
-        if method == "cg_columns":  # one CG per column: the iteration count dattri's CG gets, and block CG's yardstick
-            options["cg"]["block"] = False
-        sol = stage_solve(self.pt, self.pt_params, rhs, "cg" if method == "cg_columns" else method, self.s.damping, options)
+        # cg_columns: one CG per column, the iteration count dattri's CG gets, and block CG's yardstick
+        args = self.solve_arguments(block_cg=method != "cg_columns")
+        sol = stage_solve(self.pt, self.pt_params, rhs, "cg" if method == "cg_columns" else method, args)
         note = f"residual {float(sol.residual.max()):.1e}"
         if method == "cg_columns":
             self.s.cg_iters[problem] = int(sol.info["iterations"])

@@ -43,7 +43,7 @@ import torch
 
 from msif import io
 from msif.arguments import SOLVERS, SolveArguments
-from msif.bench.measure import agreement, epoch_seconds, freeze, machine, measured, stopwatch
+from msif.bench.measure import agreement, epoch_seconds, machine, measured, settle, stopwatch
 from msif.config import for_seed, load_config, validate_config
 from msif.core.solvers import Eigh, Solve
 from msif.experiments.registry import Experiment
@@ -409,7 +409,7 @@ class SolverBench:
         """The tables the arguments ask for, each written (CSV, JSON) as soon as it is done; a part not run is left alone."""
         t0 = time.perf_counter()
         bench = cls.from_args(config_for(args.config, args.seed, args.smoke), args)
-        freeze()
+        settle()
         agreement_table, cost_table = cls.TABLES
         if not args.skip_agreement:
             rows = bench.agreement_rows(tuple(args.solvers), tuple(args.stages))

@@ -42,9 +42,12 @@ def _release_free_memory() -> None:
         pass
 
 
-def freeze() -> None:
-    """Leave the objects alive now (imported modules, the trained problem: ~4·10⁵ of them) out of every later
-    garbage collection, so that the full collection before each measurement takes milliseconds, not a third of a second."""
+def settle() -> None:
+    """Before the first measurement: run one ``torch.func`` transform (a process's first imports ``torch._dynamo``,
+    1–4 s that would land in the first measured solve), and leave the objects alive now (imported modules, the
+    trained problem: ~4·10⁵ of them) out of every later garbage collection, so that the full collection before
+    each measurement takes milliseconds, not a third of a second."""
+    grad(lambda x: (x * x).sum())(torch.ones(2))
     gc.collect()
     gc.freeze()
 

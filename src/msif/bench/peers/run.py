@@ -49,7 +49,7 @@ from torch.func import grad, vmap
 from msif import io
 from msif.arguments import SolveArguments
 from msif.bench.base import config_for, parse, train
-from msif.bench.measure import agreement, freeze, machine, measured
+from msif.bench.measure import agreement, machine, measured, settle
 from msif.bench.peers import captum, dattri, kronfluence, pydvl, trak
 from msif.bench.peers.align import PeerModel, PeerProblem, to_removal_effect, total_damping
 from msif.bench.peers.common import (
@@ -282,7 +282,7 @@ def run(config: dict, settings: Settings, problems=PROBLEMS, libraries=LIBRARIES
     """
     skip, setup = skip or {}, Setup(config, settings)
     actuals = Actuals(config, results, setup) if results is not None and any(p != "pretrain" for p in problems) else None
-    freeze()
+    settle()
     rows = []
     with tempfile.TemporaryDirectory(prefix="msif-peers-") as tmp_dir:
         for problem in [p for p in problems if p == "pretrain" or p in config["scenarios"]]:

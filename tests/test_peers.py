@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 from conftest import ROOT
+from msif.arguments import SolveArguments
 from msif.bench.peers import common
 from msif.bench.peers import run as peers_run
 from msif.bench.peers.align import PeerModel, PeerProblem, peer_damping, routed_cross_entropy, to_removal_effect, total_damping
@@ -185,7 +186,7 @@ def trained():
     rhs = torch.stack([grad(lambda p, i=i: PretrainObjective(model, Split(xq[i : i + 1], yq[i : i + 1], torch.arange(1)), 0.0)(p))(params)
                        for i in range(4)], 1)
     del qpt
-    sol = stage_solve(pt, params, rhs, "exact", 1e-3)
+    sol = stage_solve(pt, params, rhs, "exact", SolveArguments(damping=1e-3))
     exact = removal_effect(upweight_influence(pt, params, sol.x), 30)
     pb = PeerProblem("pretrain", PeerModel(model, params, 2), x, y, xq, yq, total_damping(0.01, 1e-3), 2)
     return pb, exact

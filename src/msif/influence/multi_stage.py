@@ -28,7 +28,7 @@ from msif.arguments import SolveArguments, stage_solvers
 from msif.core.products import check_finite
 from msif.core.solvers import Eigh, Solve
 from msif.influence.scoring import upweight_influence
-from msif.influence.stage_solve import as_arguments, stage_solve
+from msif.influence.stage_solve import stage_solve
 from msif.task.data import Split
 from msif.task.objectives import FinetuneObjective, PretrainObjective, finetune_losses
 
@@ -46,7 +46,7 @@ def test_loss_grads(ft: FinetuneObjective, params: torch.Tensor, test: Split) ->
 
 
 def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solver: str,
-                  args: SolveArguments | float | None = None, options: dict | None = None, eigh: Eigh | None = None) -> Solve:
+                  args: SolveArguments | None = None, eigh: Eigh | None = None) -> Solve:
     """``v = (H_ft + λI)⁻¹ ∇f`` (fixed: over Θ) or ``(H̃_ft + λI)⁻¹ ∇_{Θ,W} f`` (updated), all tests at once.
 
     ``solver``: a name of ``msif.arguments.SOLVERS`` or ``<finetune>+<pretrain>`` (this stage uses the
@@ -55,7 +55,7 @@ def finetune_ihvp(ft: FinetuneObjective, params: torch.Tensor, test: Split, solv
     """
     rhs = test_loss_grads(ft, params, test)
     check_finite("test-loss gradients ∇f", rhs, labels=test.ids, label_name="test example ids")
-    return stage_solve(ft, params, rhs, stage_solvers(solver)[0], as_arguments(args, options), eigh=eigh)
+    return stage_solve(ft, params, rhs, stage_solvers(solver)[0], args, eigh=eigh)
 
 
 def cross_stage_vector(ft: FinetuneObjective, params: torch.Tensor, test: Split, v: torch.Tensor) -> torch.Tensor:
@@ -81,10 +81,10 @@ def cross_stage_vector(ft: FinetuneObjective, params: torch.Tensor, test: Split,
 
 
 def pretrain_ihvp(pt: PretrainObjective, params: torch.Tensor, g: torch.Tensor, solver: str,
-                  args: SolveArguments | float | None = None, options: dict | None = None, eigh: Eigh | None = None) -> Solve:
+                  args: SolveArguments | None = None, eigh: Eigh | None = None) -> Solve:
     """``s = (H_pt + λI)⁻¹ [g; 0]``: the W-block right-hand side padded with zeros on the U block (solver as in finetune_ihvp, the second)."""
     rhs = torch.cat([g, torch.zeros(params.numel() - g.shape[0], g.shape[1], dtype=g.dtype, device=g.device)])
-    return stage_solve(pt, params, rhs, stage_solvers(solver)[1], as_arguments(args, options), eigh=eigh)
+    return stage_solve(pt, params, rhs, stage_solvers(solver)[1], args, eigh=eigh)
 
 
 def removal_effect(upweight: torch.Tensor, n: int) -> torch.Tensor:

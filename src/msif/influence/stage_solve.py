@@ -13,22 +13,15 @@ from msif.core.solvers import Eigh, Solve, solve
 from msif.task.objectives import stage_of
 
 
-def as_arguments(args: SolveArguments | float | None, options: dict | None = None) -> SolveArguments:
-    """``args``, or the older form ``(damping, influence block)`` turned into :class:`SolveArguments`."""
-    if isinstance(args, SolveArguments):
-        return args
-    return SolveArguments.from_config({**(options or {}), "damping": 0.0 if args is None else float(args)})
-
-
-def stage_solve(objective, params: torch.Tensor, rhs: torch.Tensor, solver: str, args: SolveArguments | float | None = None,
-                options: dict | None = None, eigh: Eigh | None = None) -> Solve:
+def stage_solve(objective, params: torch.Tensor, rhs: torch.Tensor, solver: str, args: SolveArguments | None = None,
+                eigh: Eigh | None = None) -> Solve:
     """``(C + λI)⁻¹ rhs`` for one stage, C its curvature (``args.curvature``: hessian | ggn), λ = ``args.damping``.
 
     Builds only what the solver needs: the curvature matvec (every solver, for the residual), mini-batch
     products (``lissa``), an EK-FAC fit (``ekfac``, and ``pcg``'s preconditioner; fitted on this stage's
     Linear/Conv2d layers).
     """
-    args = as_arguments(args, options)
+    args = args or SolveArguments()
     stage = stage_of(objective)
     matvec = stage.matvec(params, args.curvature)
     options = args.options(solver)

@@ -128,9 +128,6 @@ def _with_defaults(validator_class):
 
 def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     """Validate like the workflow: JSON schema (defaults filled in) then :func:`msif.config.check_config`."""
-    import yaml
-
-
     schema = yaml.safe_load(schema_path.read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))

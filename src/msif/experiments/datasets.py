@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from msif.task.data import DataError, Split
@@ -118,7 +119,6 @@ def mnist5k_path() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _read_mnist5k(path: Path) -> np.ndarray:
-    import pandas as pd
 
     table = pd.read_csv(path, header=None, dtype=np.float64).to_numpy()
     table.setflags(write=False)

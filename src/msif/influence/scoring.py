@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator
 
 import torch
-from torch.func import grad, vmap
+from torch.func import grad, jvp, vmap
 
 from msif.core.layers import LowRankQuery, find_layers, layer_positions, per_example_dots
 from msif.task.data import Split
@@ -114,7 +114,6 @@ def upweight_influence_jvp(pt: PretrainObjective, params: torch.Tensor, s: torch
     every example of the batch. Never forms per-example gradients (memory: the batch's activations × t);
     costs about one forward pass per test column, so it pays only for very few test examples.
     """
-    from torch.func import jvp
 
     rows = rows if rows is not None else slice(0, len(pt.data))
     x, y = pt.data.x[rows], pt.data.y[rows]

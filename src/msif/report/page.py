@@ -23,6 +23,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 import yaml
+from scipy import stats
 
 import msif
 from msif import io
@@ -87,7 +88,6 @@ def methods_figure(summary: pd.DataFrame) -> str:
 def lds_figure(lds_table: pd.DataFrame, solver: str, per_scenario: int = 3) -> str:
     """LDS by example: predicted Σ_{i∈S_j} score vs actual Δ test loss over the random subsets S_j, for the first
     test examples of the first seed, multi-stage influence with the reference solver (the LDS is their Spearman)."""
-    from scipy import stats
 
     d = lds_table[(lds_table.method == "multi_stage") & (lds_table.solver == solver)]
     if not len(d):

@@ -15,6 +15,8 @@ import logging
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from msif import io
 
 log = logging.getLogger("msif")
@@ -98,7 +100,6 @@ def row_flags(lko, retrain_frames, scores_paths: dict[str, dict[str, str]]) -> l
     the retraining tables (with ``flag`` where written); ``scores_paths``: scenario → solver → scores file.
     Rows of other methods than multi-stage influence (baselines) carry only their retraining's flag.
     """
-    import pandas as pd
 
     key = ["scenario", "test_id", "selection", "k"]
     retrain = pd.concat(list(retrain_frames), ignore_index=True)

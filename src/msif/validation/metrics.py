@@ -11,7 +11,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
+from scipy import stats
 
 SELECTIONS = ("top", "bottom", "random")
 
@@ -59,7 +61,6 @@ def predicted_effects(scores: torch.Tensor, sets: list[dict]) -> np.ndarray:
 
 def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
     """Pearson and Spearman of predicted vs actual, plus the fitted slope actual ≈ slope · predicted."""
-    from scipy import stats
 
     ok = np.isfinite(predicted) & np.isfinite(actual)  # a diverged retraining (actual NaN) stays in the table, flagged
     predicted, actual = np.asarray(predicted)[ok], np.asarray(actual)[ok]
@@ -89,7 +90,6 @@ def lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, np.ndarray]:
     ``predicted`` and ``actual`` are (n_subsets, n_test); returns (mean, per-test correlations). A subset
     whose retraining diverged (actual NaN, its rows flagged) is left out of that test's correlation.
     """
-    from scipy import stats
 
     def spearman(p, a):
         ok = np.isfinite(p) & np.isfinite(a)
@@ -127,7 +127,6 @@ def bootstrap_pearson(predicted: np.ndarray, actual: np.ndarray, n_boot: int, se
 
 def bootstrap_lds(predicted: np.ndarray, actual: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """:func:`bootstrap_interval` of :func:`lds` over resampled subsets (rows), all resamples at once."""
-    from scipy import stats
 
     predicted, actual = np.asarray(predicted, float), np.asarray(actual, float)
     if not (np.isfinite(predicted).all() and np.isfinite(actual).all()):
@@ -165,7 +164,6 @@ def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
     over those sets. Pooled LDS: the mean of the per-(seed, test) Spearman correlations, bootstrap
     interval over those (seed, test) pairs. Noise floors: RMS over seeds of the per-seed floors.
     """
-    import pandas as pd
 
     rows = []
     keys = ["scenario", "method", "solver"]

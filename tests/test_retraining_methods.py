@@ -165,11 +165,16 @@ def test_spectral_preconditioner_is_the_inverse_when_lanczos_spans_the_space(tin
     torch.testing.assert_close(m(hv(b)), b, rtol=0, atol=1e-8 * float(b.norm()))
 
 
-def test_newton_gives_up_on_a_non_finite_objective():
+def test_newton_gives_up_on_a_non_finite_objective_and_on_an_unbounded_one():
     def fun(x):
-        return (x**2).sum() + torch.log(1 - x[0])  # NaN for x₀ > 1: Armijo rejects, None after 11 halvings
+        return (x**2).sum() + torch.log(1 - x[0])  # NaN for x₀ > 1
 
-    assert newton_minimize(fun, torch.tensor([2.0, 1.0], dtype=torch.float64), 1e-10) is None
+    res, path = newton_minimize(fun, torch.tensor([2.0, 1.0], dtype=torch.float64), 1e-10)
+    assert res is None and path.stopped == "non-finite objective or gradient"
+    res, path = newton_minimize(lambda x: -(x**2).sum(), torch.tensor([0.5, 1.0], dtype=torch.float64), 1e-10, max_steps=5)
+    assert res is None and path.stopped == "no convergence in 5 Newton steps" and path.negative_curvature
+    res, path = newton_minimize(lambda x: -(x**2).sum(), torch.tensor([0.5, 1.0], dtype=torch.float64), 1e-10, convex_only=True)
+    assert res is None and path.stopped == "negative curvature at Newton step 0" and path.steps == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ def test_a_tripped_guard_returns_exactly_the_lbfgs_result_from_the_same_start(ti
 def test_a_failed_newton_solve_falls_back_to_lbfgs(tiny, monkeypatch):
     _, pt, ptp, _, _ = stages(tiny, "fixed")
     fun, tol = reduced(pt, SETS[1]), TINY["retraining"]["grad_tol"]
-    monkeypatch.setattr(training, "newton_minimize", lambda *a, **k: None)
+    monkeypatch.setattr(training, "newton_minimize", lambda *a, **k: (None, NewtonPath(stopped="newton failed")))
     res = minimize_from_warm_start(fun, ptp, tol, 5000)
     assert res.method == "lbfgs" and res.guard == "newton failed" and math.isnan(res.newton_gap)
     assert torch.equal(res.params, minimize(fun, ptp, grad_tol=tol, max_iter=5000).params)

@@ -46,9 +46,15 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_show_top(args) -> int:
+def finetuned_accuracy(seed_dir: Path, scenario: str) -> dict:
+    """``{"train": ..., "test": ...}`` of a scenario's finetuned model (its sidecar), empty when not recorded."""
+    path = seed_dir / "train" / f"finetune_{scenario}.pt"
+    return io.load_meta(path).get("accuracy", {}) if io.sidecar(path).exists() else {}
 
-    path = Path(args.results) / args.run / f"seed{args.seed}" / "influence" / args.scenario / args.solver / "scores.pt"
+
+def cmd_show_top(args) -> int:
+    seed_dir = Path(args.results) / args.run / f"seed{args.seed}"
+    path = seed_dir / "influence" / args.scenario / args.solver / "scores.pt"
     if not path.exists():
         print(f"no scores at {path}: has run {args.run!r} finished the scores step for {args.scenario}/{args.solver}?", file=sys.stderr)
         return 1
@@ -61,10 +67,14 @@ def cmd_show_top(args) -> int:
     scores, ids = art["scores"][t], art["pretrain_ids"]
     order = scores.argsort(descending=True)
     rows = {"proponents": order[: args.k].tolist(), "opponents": order.flip(0)[: args.k].tolist()}
+    acc = finetuned_accuracy(seed_dir, args.scenario)
     if args.json:
-        print(json.dumps({kind: [{"pretrain_id": int(ids[i]), "score": float(scores[i])} for i in idx] for kind, idx in rows.items()}))
+        print(json.dumps({"finetune_accuracy": acc} | {kind: [{"pretrain_id": int(ids[i]), "score": float(scores[i])} for i in idx]
+                                                         for kind, idx in rows.items()}))
         return 0
     print(f"run {args.run}, {args.scenario}/{args.solver}, test id {args.test_id} — score = predicted Δ test loss if removed")
+    if acc:
+        print(f"  the finetuned model explained: accuracy train {acc['train']:.3f}, test {acc['test']:.3f}")
     for kind, idx in rows.items():
         print(f"  top {args.k} {kind}:")
         for rank, i in enumerate(idx, 1):

@@ -151,7 +151,11 @@ REPORT_CONFIG = {
     k: config[k]
     for k in ("run", "seeds", "experiment", "scenarios", "report", "tracin")
     if k in config
-} | {"validation": {"reference_solver": config["validation"]["reference_solver"]}}
+} | {
+    "validation": {
+        k: config["validation"][k] for k in ("reference_solver", "min_accuracy")
+    }
+}
 TRACIN_TARGETS = (
     [
         f"{RESULTS}/tracin/scores.pt",

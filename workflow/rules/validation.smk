@@ -159,6 +159,10 @@ rule lds_retrain:
 
 rule compare:
     input:
+        pretrain=rules.pretrain.output.pt,
+        finetune=expand(
+            rules.finetune.output.pt, scenario=config["scenarios"], allow_missing=True
+        ),
         scores=[scores_for(s).values() for s in config["scenarios"]],
         sets=expand(
             rules.removal_sets.output.json,

@@ -18,4 +18,6 @@ with job(snakemake.log[0], snakemake.threads):
         leave_k_out_out=snakemake.output.leave_k_out,
         summary_out=snakemake.output.summary,
         lds_out=snakemake.output.lds,
+        pretrain_path=i.pretrain,
+        finetune_paths=dict(zip(scenarios, i.finetune, strict=True)),
     )

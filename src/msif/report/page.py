@@ -199,6 +199,7 @@ def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
         "sets": df.n_sets.astype(str), "noise floor": [f"{v:.2e}" for v in df.noise_floor],
         "seed noise": [f"{v:.2e}" if np.isfinite(v) else "—" for v in df.get("noise_floor_seed", pd.Series(np.nan, index=df.index))],
         "slope": [f"{v:.2f}" if m in LOSS_UNIT_METHODS else "—" for v, m in zip(df.slope, df.method, strict=True)],
+        "finetune test acc.": [f"{v:.3f}" if np.isfinite(v) else "—" for v in df.get("ft_test_accuracy", pd.Series(np.nan, index=df.index))],
     })
 
 
@@ -257,7 +258,7 @@ def write_report(config: dict, inputs: ReportInputs, out: str) -> None:
         summary["noise_floor_seed"] = float("nan")
     lko = pd.read_csv(inputs.leave_k_out)
     data = io.load_tensors(inputs.data)
-    parts = [header(config), verdict(summary, seeds), flagged_rows(lko), summary_section(summary, all_rows, seeds),
+    parts = [header(config), verdict(summary, seeds, config["validation"].get("min_accuracy", 0.8)), flagged_rows(lko), summary_section(summary, all_rows, seeds),
              baselines_section(summary), lds_figure(pd.read_csv(inputs.lds), config["validation"]["reference_solver"]) if inputs.lds else "",
              predicted_vs_actual_section(summary, lko), diagnostics_section(inputs, seeds),
              examples_section(config, inputs, data)]
@@ -275,15 +276,39 @@ def header(config: dict) -> str:
             f"Python {platform.python_version()}</p>")
 
 
-def verdict(summary: pd.DataFrame, seeds: list[int], target: float = 0.9) -> str:
-    """The first thing a reader sees: does predicted influence match retraining, over how many sets."""
+def verdict(summary: pd.DataFrame, seeds: list[int], min_accuracy: float = 0.8, target: float = 0.9) -> str:
+    """The first thing a reader sees: does predicted influence match retraining, over how many sets, on models
+    of what accuracy (a faithfulness figure always stands beside the accuracy of the model it explains)."""
     ms = summary[summary.method == "multi_stage"]
-    cls = "ok" if ms.pearson.min() >= target else "warn"
     over = f"seeds {', '.join(map(str, seeds))} pooled" if len(seeds) > 1 else f"seed {seeds[0]}"
+    low = accuracy_flags(ms, min_accuracy)
+    cls = "ok" if ms.pearson.min() >= target and not low else "warn"
     return (f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
             f"leave-k-out removal sets per scenario ({over}), Pearson between predicted and actual Δ test loss ranges "
             f"{ms.pearson.min():.3f}–{ms.pearson.max():.3f} (Spearman {ms.spearman.min():.3f}–{ms.spearman.max():.3f}); "
-            f"target ≥ {target}. Scores follow one convention: <i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>")
+            f"target ≥ {target}.{accuracy_sentence(ms)} Scores follow one convention: "
+            f"<i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>" + "".join(low))
+
+
+def accuracy_sentence(ms: pd.DataFrame) -> str:
+    """The models explained: pretraining and each scenario's finetuned test accuracy (mean over seeds when pooled)."""
+    if "ft_test_accuracy" not in ms or ms.ft_test_accuracy.isna().all():
+        return ""
+    per = ms.drop_duplicates("scenario")
+    ft = ", ".join(f"{html.escape(scenario_title(r.scenario).split(' — ')[0])} {r.ft_test_accuracy:.3f}" for r in per.itertuples())
+    return (f" The models explained reach test accuracy {per.pt_test_accuracy.iloc[0]:.3f} on the pretraining task and "
+            f"{ft} on the finetuning task.")
+
+
+def accuracy_flags(ms: pd.DataFrame, min_accuracy: float) -> list[str]:
+    """A warning per scenario whose finetuned model is below ``validation.min_accuracy`` (kept, never hidden)."""
+    if "ft_test_accuracy" not in ms:
+        return []
+    low = ms.drop_duplicates("scenario").query("ft_test_accuracy < @min_accuracy")
+    return [f"<div class='verdict warn'><b>{html.escape(scenario_title(r.scenario))}: the finetuned model's test accuracy is "
+            f"{r.ft_test_accuracy:.3f}, below validation.min_accuracy = {min_accuracy:g}.</b> Its attributions are validated "
+            "below like the others, but they explain the predictions of a model that has not learned its task.</div>"
+            for r in low.itertuples()]
 
 
 SUMMARY_TEXT = ("<p>Each row correlates, over all removal sets (top-k, bottom-k, random-k per test example and k), the first-order "

@@ -31,9 +31,12 @@ def pretrain(config: dict, data_path: str, out: str) -> None:
     """Pretrain (W, U) from the seeded initialisation to a minimum of L_pt."""
     exp = experiment(config, data_path)
     w, u, _ = exp.init_params()
-    params, info = minimum("pretrain", exp.pretrain_objective(), torch.cat([w, u]), config)
+    pt = exp.pretrain_objective()
+    params, info = minimum("pretrain", pt, torch.cat([w, u]), config)
+    acc = {"train": pt.accuracy(params, exp.data.pretrain), "test": pt.accuracy(params, exp.data.pretrain_test)}
+    log.info("pretrain: accuracy train %.3f, test %.3f", acc["train"], acc["test"])
     io.save_tensors(out, {"params": params}, args=train_args(config), training=info, p_w=exp.model.w_spec.numel,
-                    problems=info["problems"])
+                    accuracy=acc, problems=info["problems"])
 
 
 def finetune(config: dict, scenario: str, data_path: str, pretrain_path: str, out: str) -> None:
@@ -43,5 +46,7 @@ def finetune(config: dict, scenario: str, data_path: str, pretrain_path: str, ou
     ft = exp.finetune_objective(scenario, pt_params[: exp.model.w_spec.numel])
     _, _, theta0 = exp.init_params()
     params, info = minimum(f"finetune[{scenario}]", ft, ft.initial(theta0), config)
-    io.save_tensors(out, {"params": params}, args=finetune_args(config, scenario), training=info,
+    acc = {"train": ft.accuracy(params, exp.data.finetune), "test": ft.accuracy(params, exp.data.finetune_test)}
+    log.info("finetune[%s]: accuracy train %.3f, test %.3f", scenario, acc["train"], acc["test"])
+    io.save_tensors(out, {"params": params}, args=finetune_args(config, scenario), training=info, accuracy=acc,
                     problems=health.upstream(pretrain_path) + info["problems"])

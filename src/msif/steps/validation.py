@@ -15,7 +15,7 @@ from msif.influence.baselines import baseline_scores
 from msif.steps.common import finetune_args, load_stages, newton_steps, solve_arguments, train_args
 from msif.task.training import ANOTHER_MINIMUM, TrainingError
 from msif.validation import health, metrics
-from msif.validation.compare import ScenarioInputs, compare_tables, read_csvs
+from msif.validation.compare import ScenarioInputs, compare_tables, read_csvs, with_accuracy
 from msif.validation.metrics import (
     batches,
     pooled_summary,
@@ -210,8 +210,13 @@ def lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrai
 
 def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
             leave_k_out_out: str, summary_out: str, baselines_paths: dict | None = None, lds_subsets_path: str | None = None,
-            lds_paths: dict | None = None, lds_out: str | None = None) -> None:
-    """One seed's validation tables: predicted (every method and solver) against actual effects (:func:`compare_tables`)."""
+            lds_paths: dict | None = None, lds_out: str | None = None, pretrain_path: str | None = None,
+            finetune_paths: dict | None = None) -> None:
+    """One seed's validation tables: predicted (every method and solver) against actual effects (:func:`compare_tables`).
+
+    With ``pretrain_path`` and ``finetune_paths`` (scenario → finetuned parameters), every summary row also carries the
+    accuracy of the models it explains (``pt_*_accuracy``, ``ft_*_accuracy``, from their sidecars).
+    """
     lds_paths = lds_paths or {}
     subsets = io.read_json(lds_subsets_path)["subsets"] if lds_subsets_path else None
     inputs = {s: ScenarioInputs(
@@ -219,6 +224,9 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
         sets=io.read_json(sets_paths[s])["sets"], retrain=read_csvs(retrain_paths[s]), noise=read_csvs(noise_paths[s]),
         lds=read_csvs(lds_paths[s]) if subsets is not None else None) for s in sets_paths}
     lko, summary, lds_table = compare_tables(inputs, subsets, config["validation"]["bootstrap"], config["seed"])
+    if pretrain_path and finetune_paths:
+        summary = with_accuracy(summary, io.load_meta(pretrain_path).get("accuracy", {}),
+                                {s: io.load_meta(p).get("accuracy", {}) for s, p in finetune_paths.items()})
     lko["flag"] = health.row_flags(lko, (inp.retrain for inp in inputs.values()), scores_paths)
     if (lko["flag"] != health.OK).any():
         log.warning("%d of %d leave-k-out rows flagged (column 'flag'): %s", int((lko["flag"] != health.OK).sum()), len(lko),

@@ -34,6 +34,13 @@ def parse_scenario(name: str, alpha: float) -> tuple[str, float]:
     return kind, float(own) if own else alpha
 
 
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of examples whose largest logit is their label; NaN where the outputs are not class logits."""
+    if logits.ndim != 2 or y.ndim != 1 or y.dtype.is_floating_point or len(y) == 0:
+        return float("nan")
+    return float((logits.argmax(dim=1) == y).double().mean())
+
+
 def pretrain_losses(model: TwoStageModel, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example pretraining losses ``l(z_i; W, U)``, unreduced, shape (n,)."""
     return model.pt_loss(model.pt_logits(w, u, x), y)
@@ -55,6 +62,11 @@ class PretrainObjective:
 
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return params[: self.p_w], params[self.p_w :]
+
+    def accuracy(self, params: torch.Tensor, data: Split) -> float:
+        """Pretraining-task accuracy of ``(W, U) = params`` on ``data``."""
+        with torch.no_grad():
+            return accuracy(self.model.pt_logits(*self.split(params), data.x), data.y)
 
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
         w, u = self.split(params)
@@ -84,6 +96,12 @@ class FinetuneObjective:
 
     def initial(self, theta0: torch.Tensor) -> torch.Tensor:
         return theta0 if self.scenario == "fixed" else torch.cat([theta0, self.w_pt])
+
+    def accuracy(self, params: torch.Tensor, data: Split) -> float:
+        """Finetuning-task accuracy of ``params`` (Θ, or (Θ, W)) on ``data``."""
+        theta, w = self.split(params)
+        with torch.no_grad():
+            return accuracy(self.model.ft_logits(w, theta, data.x), data.y)
 
     def loss(self, theta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``L_ft(Θ; W) = 1/m Σ_j l(x_j; Θ, W) + λ_ft/2 ‖Θ‖²`` (no proximal term)."""

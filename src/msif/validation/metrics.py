@@ -175,6 +175,8 @@ def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
         row = {**{k: v for k, v in zip(keys, (scenario, method, solver), strict=True)}, "seed": "all",
                "pearson": c["pearson"], "spearman": c["spearman"], "slope": c["slope"], "pearson_lo": lo, "pearson_hi": hi,
                "n_sets": int(sel.sum()), "lds": float("nan"), "lds_lo": float("nan"), "lds_hi": float("nan")}
+        for col in (c for c in g.columns if c.endswith("_accuracy")):
+            row[col] = float(g[col].mean())
         for col in ("noise_floor", "noise_floor_seed"):
             if col in g:
                 row[col] = float(np.sqrt(np.nanmean(g[col].to_numpy(float) ** 2))) if g[col].notna().any() else float("nan")

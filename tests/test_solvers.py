@@ -401,7 +401,7 @@ def test_nan_in_a_test_gradient_is_named(problem):
     test = Split(data.finetune_test.x.clone(), data.finetune_test.y, torch.tensor([70, 71, 72]))
     test.x[1, 0] = math.nan
     with pytest.raises(NonFiniteError, match=r"test-loss gradients.*test example ids \[71\]"):
-        finetune_ihvp(ft, theta, test, "cg", 0.0)
+        finetune_ihvp(ft, theta, test, "cg")
 
 
 def test_nan_right_hand_side_and_nan_solutions_are_reported():

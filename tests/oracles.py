@@ -33,8 +33,12 @@ def newton_minimize(fun, x0: torch.Tensor, tol: float = 1e-13, max_steps: int = 
     raise AssertionError(f"Newton oracle did not reach {tol}: gradient norm {float(grad(fun)(x).norm()):.2e}")
 
 
-def tiny_problem(seed: int = 0, n: int = 24, m: int = 18, n_test: int = 3, d: int = 4, hidden: int = 3, l2: float = 0.05):
-    """A tiny tanh two-stage problem on random data, trained to a tight minimum in float64."""
+def tiny_problem(seed: int = 0, n: int = 24, m: int = 18, n_test: int = 3, d: int = 4, hidden: int = 3, l2: float = 0.05,
+                 objective: str = "classify"):
+    """A tiny tanh two-stage problem on random data, trained to a tight minimum in float64.
+
+    ``objective``: the pretraining objective (``classify``, or ``reconstruct``: U decodes the features to the inputs).
+    """
     gen = torch.Generator().manual_seed(seed)
 
     def split(k: int, classes: int) -> Split:
@@ -43,7 +47,7 @@ def tiny_problem(seed: int = 0, n: int = 24, m: int = 18, n_test: int = 3, d: in
         return Split(x, y, torch.arange(k))
 
     data = TwoStageData(split(n, 2), split(8, 2), split(m, 3), split(n_test, 3))
-    model = mlp_model(d, [hidden], 2, 3)
+    model = mlp_model(d, [hidden], 2, 3, pretrain_objective=objective)
     w, u, theta = model.init_params(seed, DT, CPU)
     pt = PretrainObjective(model, data.pretrain, l2)
     pt_params = newton_minimize(pt, minimize(pt, torch.cat([w, u])).params)
@@ -134,7 +138,7 @@ def dense_ggn(objective, params: torch.Tensor) -> torch.Tensor:
             return model.pt_logits(*objective.split(p), data.x)
 
         def loss(z):
-            return (c * model.pt_loss(z, data.y)).sum() / n
+            return (c * model.pt_loss(z, model.pt_target(data.x, data.y))).sum() / n
     else:
         data = objective.data
 

@@ -18,6 +18,10 @@ import yaml
 from msif.errors import ConfigError
 from msif.experiments.registry import BUILTIN, check_sizes
 
+# The built-in experiments whose model is the MLP of msif.task.models.mlp_model (digits' build_model): pretrain.objective
+# applies to them; text (CBOW) and fashion_mnist (a CNN) have their own pretraining objective.
+MLP_EXPERIMENTS = ("digits", "fashion_classes", "mnist_classes")
+
 
 def check_experiment(name: str) -> None:
     """A built-in experiment name, or ``module:function`` whose module can be found (not imported)."""
@@ -66,6 +70,10 @@ def check_config(config: dict) -> None:
     for s in config["scenarios"]:
         if s.startswith("updated@") and not float(s.partition("@")[2]) > 0:
             raise ConfigError(f"scenarios: {s!r} needs alpha > 0 (e.g. updated@0.1)")
+    objective = config["pretrain"].get("objective", "classify")
+    if objective != "classify" and config["experiment"] not in MLP_EXPERIMENTS:
+        raise ConfigError(f"pretrain.objective={objective!r}: only the MLP experiments {list(MLP_EXPERIMENTS)} offer it; "
+                          f"experiment {config['experiment']!r} allows 'classify' (its own pretraining objective)")
     r = config["report"]
     if r["example_tests"] > inf["n_test"]:
         raise ConfigError(f"report.example_tests={r['example_tests']}: exceeds influence.n_test={inf['n_test']}; "

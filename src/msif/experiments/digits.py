@@ -57,10 +57,13 @@ def load_data(config: dict) -> TwoStageData:
 
 
 def build_model(config: dict, data: TwoStageData) -> TwoStageModel:
-    """The MLP of ``model.hidden`` / ``model.activation`` on flattened inputs, one head per stage's classes."""
+    """The MLP of ``model.hidden`` / ``model.activation`` on flattened inputs, one head per stage's classes;
+    under ``pretrain.objective: reconstruct`` the pretraining head decodes the features back to the inputs.
+    A config without a pretrain block (a plug-in's) builds the classifier."""
     m = config["model"]
     n_pt, n_ft = int(data.pretrain.y.max()) + 1, int(data.finetune.y.max()) + 1
-    return mlp_model(data.pretrain.x[0].numel(), m["hidden"], n_pt, n_ft, m["activation"])
+    return mlp_model(data.pretrain.x[0].numel(), m["hidden"], n_pt, n_ft, m["activation"],
+                     config.get("pretrain", {}).get("objective", "classify"))
 
 
 PLUGIN = Plugin("digits", load_data, build_model, check_sizes)

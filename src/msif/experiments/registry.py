@@ -74,7 +74,8 @@ def load_data(config: dict) -> TwoStageData:
 
 
 def build_model(config: dict, data: TwoStageData) -> TwoStageModel:
-    """Build the model through the plug-in and check it maps a batch to (N, C) logits for both heads."""
+    """Build the model through the plug-in and check it maps a batch to (N, C) logits for both heads (the pretraining
+    head: to the shape of ``model.pt_target`` when that is not a label, e.g. the inputs of a reconstruction)."""
     plugin = get_plugin(config["experiment"])
     try:
         model = plugin.build_model(config, data)
@@ -89,10 +90,15 @@ def build_model(config: dict, data: TwoStageData) -> TwoStageModel:
         shapes = (tuple(model_f[1](h).shape), tuple(model_f[2](h).shape))
     except Exception as err:
         raise PluginError(f"{plugin.name}.build_model: the model fails on a batch of inputs {tuple(x.shape)}: {err}") from err
-    want = ((2, int(data.pretrain.y.max()) + 1), (2, int(data.finetune.y.max()) + 1))
+    try:
+        target = model.pt_target(data.pretrain.x[:2], data.pretrain.y[:2])
+    except Exception as err:
+        raise PluginError(f"{plugin.name}.build_model: the model's pt_target fails on a batch of inputs {tuple(x.shape)}: {err}") from err
+    want_pt = (2, int(data.pretrain.y.max()) + 1) if target.ndim == 1 else tuple(target.shape)  # labels, or a reconstruction
+    want = (want_pt, (2, int(data.finetune.y.max()) + 1))
     if shapes != want:
         raise PluginError(f"{plugin.name}.build_model: heads return logits of shapes {shapes} on 2 inputs; expected {want} "
-                          "(pretraining classes, finetuning classes)")
+                          "(pretraining classes or the pretraining target's shape, finetuning classes)")
     return model
 
 

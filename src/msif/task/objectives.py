@@ -42,8 +42,8 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def pretrain_losses(model: TwoStageModel, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-example pretraining losses ``l(z_i; W, U)``, unreduced, shape (n,)."""
-    return model.pt_loss(model.pt_logits(w, u, x), y)
+    """Per-example pretraining losses ``l(z_i; W, U)``, unreduced, shape (n,); the target is ``model.pt_target(x, y)``."""
+    return model.pt_loss(model.pt_logits(w, u, x), model.pt_target(x, y))
 
 
 def finetune_losses(model: TwoStageModel, w: torch.Tensor, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -64,9 +64,10 @@ class PretrainObjective:
         return params[: self.p_w], params[self.p_w :]
 
     def accuracy(self, params: torch.Tensor, data: Split) -> float:
-        """Pretraining-task accuracy of ``(W, U) = params`` on ``data``."""
+        """Pretraining-task accuracy of ``(W, U) = params`` on ``data``, against ``model.pt_target``: NaN when that is
+        not a class label (``pretrain.objective: reconstruct``: U's outputs reconstruct the inputs, they are not logits)."""
         with torch.no_grad():
-            return accuracy(self.model.pt_logits(*self.split(params), data.x), data.y)
+            return accuracy(self.model.pt_logits(*self.split(params), data.x), self.model.pt_target(data.x, data.y))
 
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
         w, u = self.split(params)
@@ -120,7 +121,8 @@ def stage_of(objective: PretrainObjective | FinetuneObjective) -> Stage:
     """An objective as a :class:`msif.core.stage.Stage`: ``L(θ) = 1/N Σ_i c_i ℓ(outputs(θ)_i, y_i) + r(θ)`` with its parameter blocks."""
     if isinstance(objective, PretrainObjective):
         model, pt = objective.model, objective
-        return Stage(pt, pt.data.x, pt.data.y, pt.weights, pt.n, lambda p, x: model.pt_logits(*pt.split(p), x), model.pt_loss,
+        target = model.pt_target(pt.data.x, pt.data.y)  # the labels, or the inputs of a reconstruction
+        return Stage(pt, pt.data.x, target, pt.weights, pt.n, lambda p, x: model.pt_logits(*pt.split(p), x), model.pt_loss,
                    lambda p: 0.5 * pt.l2 * p.pow(2).sum(),
                    (Block("body", model.body, model.w_spec, 0), Block("pt_head", model.pt_head, model.u_spec, pt.p_w)))
     if isinstance(objective, FinetuneObjective):

@@ -241,8 +241,9 @@ def test_sidecars_record_args_version_shapes_checksum_and_convention(tiny_steps)
 
 def test_artifact_of_other_arguments_is_refused(steps_copy):
     root, p = steps_copy
-    with pytest.raises(io.ArtifactMismatch, match=r"pretrain\.pt was computed under other arguments \(pretrain: on disk \{'l2': 0\.05\}, "
-                                                  r"expected \{'l2': 0\.1\}\); recompute it"):
+    with pytest.raises(io.ArtifactMismatch, match=r"pretrain\.pt was computed under other arguments \(pretrain: on disk \{'l2': 0\.05, "
+                                                  r"'objective': 'classify'\}, expected \{'l2': 0\.1, 'objective': 'classify'\}\); "
+                                                  r"recompute it"):
         train_steps.finetune(cfg_with(**{"pretrain.l2": 0.1}), "fixed", str(p["data"]), str(p["pretrain"]), str(root / "never.pt"))
     with pytest.raises(io.ArtifactMismatch, match=r"splits\.pt was computed under other arguments \(seed: on disk 0, expected 1\)"):
         train_steps.pretrain(cfg_with(seed=1), str(p["data"]), str(root / "never.pt"))

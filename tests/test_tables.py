@@ -26,8 +26,8 @@ def test_paper_summary_keeps_pooled_rows_with_alpha_and_markdown_has_intervals()
     assert np.isnan(table.alpha[0]) and list(table.alpha[2:]) == [0.1, 0.1, 1.0, 1.0]
     md = markdown(table).splitlines()
     assert md[0].startswith("| scenario | α | method |") and len(md) == 2 + 6
-    assert md[2] == "| fixed | — | multi_stage | exact | 0.900 [0.850, 0.950] | 0.800 | 0.500 [0.400, 0.600] | 1.50 | 12 |"
-    assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | 12 |")
+    assert md[2] == "| fixed | — | multi_stage | exact | 0.900 [0.850, 0.950] | 0.800 | 0.500 [0.400, 0.600] | 1.50 | 12 | — | — |"
+    assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | 12 | — | — |")  # no accuracy recorded
 
 
 def test_one_seed_run_keeps_its_rows():

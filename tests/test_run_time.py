@@ -34,7 +34,7 @@ def test_job_logs_its_rule_startup_wall_and_cpu(tmp_path):
     text = log.read_text()
     start, end = START_RE.search(text), END_RE.search(text)
     assert start and end, text
-    assert start["rule"] == end["rule"] == "retrain" and end["status"] == "ok"
+    assert start["rule"] == end["rule"] == "retrain" and end["status"] == "ok" and end["dynamo"] == "0"
     startup, wall, cpu = float(start["startup"]), float(end["wall"]), float(end["cpu"])
     assert 0.5 <= startup < wall <= elapsed + 0.05  # the sleep before job() is start-up; all of it lies within the process
     assert 0 < cpu <= wall * 1.5 + 0.1
@@ -47,6 +47,24 @@ def test_a_failed_job_logs_its_end_too(tmp_path):
     assert proc.returncode != 0
     end = END_RE.search(log.read_text())
     assert end and end["status"] == "failed" and end["rule"] == "-"
+
+
+def test_job_sets_deterministic_kernels_without_importing_dynamo(tmp_path):
+    """torch.use_deterministic_algorithms imports torch._inductor.config, hence torch._dynamo (1–4 s): job() sets the same flag
+    without it."""
+    code = (f"import sys, torch\nfrom msif.logs import job\nwith job({str(tmp_path / 'job.log')!r}):\n"
+            "    print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),"
+            " 'torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["True", "False", "False"]
+
+
+def test_a_torch_func_job_says_it_imported_dynamo(tmp_path):
+    log = tmp_path / "job.log"
+    code = (f"from msif.logs import job\nwith job({str(log)!r}):\n    import torch\n"
+            "    torch.func.grad(lambda x: (x ** 2).sum())(torch.ones(3))\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert END_RE.search(log.read_text())["dynamo"] == "1"
 
 
 def test_process_age_agrees_with_psutil():
@@ -98,7 +116,8 @@ def test_rule_table_prefers_benchmarks_then_job_logs(tmp_path):
     (tmp_path / "logs/tiny/seed0/benchmarks/fixed_retrain_batch0.tsv").write_text(
         "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n20.5\t0:00:20\t1\t1\t1\t1\t0\t0\t50\t9.5\n")
     (tmp_path / "logs/tiny/seed0/validation/fixed_retrain_batch0.log").write_text(
-        "x INFO msif: msif job start: rule=retrain startup_s=4.250\nx INFO msif: msif job end: rule=retrain wall_s=21.000 cpu_s=12.000 status=ok\n")
+        "x INFO msif: msif job start: rule=retrain startup_s=4.250\n"
+        "x INFO msif: msif job end: rule=retrain wall_s=21.000 cpu_s=12.000 status=ok dynamo=1\n")
     (tmp_path / "logs/tiny/seed0/prepare_data.log").write_text(
         "x INFO msif: msif job start: rule=prepare_data startup_s=3.000\nx INFO msif: msif job end: rule=prepare_data wall_s=5.500 cpu_s=4.000 status=ok\n")
     log = tmp_path / "snakemake.log"
@@ -109,6 +128,7 @@ def test_rule_table_prefers_benchmarks_then_job_logs(tmp_path):
     assert rows.loc["retrain", "wall_s"] == 20.5 and rows.loc["retrain", "wall_source"] == "benchmark"
     assert rows.loc["retrain", "cpu_time_s"] == 9.5 and rows.loc["retrain", "cpu_s"] == 12.0 and rows.loc["retrain", "startup_s"] == 4.25
     assert rows.loc["prepare_data", "wall_s"] == 5.5 and rows.loc["prepare_data", "wall_source"] == "job log"
+    assert rows.loc["retrain", "dynamo_jobs"] == 1 and rows.loc["(jobs)", "dynamo_jobs"] == 1  # prepare_data's line has no dynamo=
     assert rows.loc["(jobs)", "cpu_s"] == 16.0 and rows.loc["(jobs)", "startup_mean_s"] == pytest.approx(3.625)
     assert rows.loc["(run)", "wall_s"] == 40.0 and rows.loc["(run)", "utilisation"] == pytest.approx(16.0 / 80.0)
     assert (table.load_mean == 2.0).all()

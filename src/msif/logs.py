@@ -6,7 +6,8 @@ A job stopped by SIGTERM (``kill``, ``scancel``, a scheduler's time limit) unwin
 Every job logs two lines a benchmark reads back (:mod:`msif.bench.run_time`, by :data:`START_RE` and
 :data:`END_RE`): on entering :func:`job`, its rule and its **start-up seconds** (from the process's
 creation — Python, the Snakemake preamble, ``import torch`` and the step's imports — to that point), and
-on leaving it the seconds and CPU seconds since the process was created.
+on leaving it the seconds and CPU seconds since the process was created, and whether the job imported
+``torch._dynamo`` (``dynamo=1``: a ``torch.func`` transform ran, which costs 2–4 s of import the first time).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 START_RE = re.compile(r"msif job start: rule=(?P<rule>\S+) startup_s=(?P<startup>\S+)")
-END_RE = re.compile(r"msif job end: rule=(?P<rule>\S+) wall_s=(?P<wall>\S+) cpu_s=(?P<cpu>\S+) status=(?P<status>\S+)")
+END_RE = re.compile(r"msif job end: rule=(?P<rule>\S+) wall_s=(?P<wall>\S+) cpu_s=(?P<cpu>\S+) status=(?P<status>\S+)"
+                    r"(?: dynamo=(?P<dynamo>[01]))?")
 
 
 class JobTerminated(SystemExit):
@@ -71,6 +73,22 @@ def rule_name() -> str:
     return Path(script).stem.rsplit(".", 1)[-1] if script else "-"  # Snakemake runs rule X's script as tmpXXXX.X.py
 
 
+def deterministic_kernels(torch) -> None:
+    """``torch.use_deterministic_algorithms(True)`` without its import of ``torch._inductor.config``.
+
+    That import pulls in ``torch._dynamo`` (1–4 s, paid by every job only to set inductor's own flag; msif never
+    compiles). The ATen flag is the same; inductor's is set too where inductor is already imported.
+    """
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = True
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # another torch: the public call, whatever it imports
+        torch.use_deterministic_algorithms(True)
+    else:
+        setter(True, warn_only=False)
+
+
 @contextmanager
 def job(log_path: str, threads: int = 1):
     """Log to ``log_path`` (and stderr), use ``threads`` CPU threads, deterministic kernels; log any failure."""
@@ -79,7 +97,7 @@ def job(log_path: str, threads: int = 1):
     handlers = [logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
     torch.set_num_threads(max(1, int(threads)))
-    torch.use_deterministic_algorithms(True)
+    deterministic_kernels(torch)
     log = logging.getLogger("msif")
     rule = rule_name()
     log.info("msif job start: rule=%s startup_s=%.3f", rule, startup)
@@ -98,4 +116,5 @@ def job(log_path: str, threads: int = 1):
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-        log.info("msif job end: rule=%s wall_s=%.3f cpu_s=%.3f status=%s", rule, process_age(), _cpu_seconds(), status)
+        log.info("msif job end: rule=%s wall_s=%.3f cpu_s=%.3f status=%s dynamo=%d", rule, process_age(), _cpu_seconds(), status,
+                 "torch._dynamo" in sys.modules)

@@ -17,6 +17,8 @@ One row per (config, rule), then two summary rows per config:
   exit from their logs (exact; NaN for a job that does not log it);
 - ``startup_s``: the summed start-up seconds of the jobs (process creation → entering ``msif.logs.job``:
   Python, Snakemake's script preamble, ``import torch``, the step's imports), ``startup_mean_s`` per job;
+- ``dynamo_jobs``: the jobs whose process imported ``torch._dynamo`` (a ``torch.func`` transform ran: 2–4 s of
+  import that plain ``torch.autograd`` does not cost);
 - ``(jobs)``: every job summed; ``(run)``: ``wall_s`` the whole run's wall time (Snakemake started →
   finished, DAG building included), ``cpu_s`` the summed job CPU seconds, ``utilisation`` the share of
   ``cores × wall`` the jobs' CPU time filled.
@@ -50,7 +52,7 @@ DEFAULT_CONFIG = "config/config.yaml"
 TINY_CONFIG = ".test/config/config.yaml"
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", ".test", "envs")
 PROFILE = "workflow/profiles/default"
-COLUMNS = ["config", "rule", "jobs", "wall_s", "wall_source", "cpu_time_s", "cpu_s", "startup_s", "startup_mean_s",
+COLUMNS = ["config", "rule", "jobs", "wall_s", "wall_source", "cpu_time_s", "cpu_s", "startup_s", "startup_mean_s", "dynamo_jobs",
            "utilisation", "cores", "load_before", "load_mean", "load_after"]
 SUMMARY_ROWS = ("(jobs)", "(run)")
 
@@ -109,7 +111,7 @@ def read_benchmark(path: Path) -> dict:
 
 def read_job_log(path: Path) -> dict:
     """The ``msif job start``/``end`` lines of a job's log (NaN where the job did not write them)."""
-    out = {"startup": math.nan, "wall": math.nan, "cpu": math.nan}
+    out = {"startup": math.nan, "wall": math.nan, "cpu": math.nan, "dynamo": math.nan}
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -118,6 +120,7 @@ def read_job_log(path: Path) -> dict:
         out["startup"] = float(m["startup"])
     if m := END_RE.search(text):
         out["wall"], out["cpu"] = float(m["wall"]), float(m["cpu"])
+        out["dynamo"] = float(m["dynamo"]) if m["dynamo"] is not None else math.nan
     return out
 
 
@@ -135,8 +138,8 @@ def job_table(workdir: Path, snakemake_log: Path) -> pd.DataFrame:
         else:
             wall, source = stamps, "snakemake log"
         rows.append({"rule": job.rule, "jobid": job.jobid, "wall_s": wall, "wall_source": source, "cpu_time_s": bench["cpu_time"],
-                     "cpu_s": own["cpu"], "startup_s": own["startup"]})
-    return pd.DataFrame(rows, columns=["rule", "jobid", "wall_s", "wall_source", "cpu_time_s", "cpu_s", "startup_s"])
+                     "cpu_s": own["cpu"], "startup_s": own["startup"], "dynamo": own["dynamo"]})
+    return pd.DataFrame(rows, columns=["rule", "jobid", "wall_s", "wall_source", "cpu_time_s", "cpu_s", "startup_s", "dynamo"])
 
 
 def _sum(s: pd.Series) -> float:
@@ -152,12 +155,14 @@ def rule_table(jobs: pd.DataFrame, config: str, run_wall: float, cores: int, loa
         startup = _sum(g.startup_s)
         rows.append({"rule": rule, "jobs": len(g), "wall_s": _sum(g.wall_s), "wall_source": "+".join(sorted(set(g.wall_source))),
                      "cpu_time_s": _sum(g.cpu_time_s), "cpu_s": _sum(g.cpu_s), "startup_s": startup,
-                     "startup_mean_s": startup / g.startup_s.notna().sum() if g.startup_s.notna().any() else math.nan})
+                     "startup_mean_s": startup / g.startup_s.notna().sum() if g.startup_s.notna().any() else math.nan,
+                     "dynamo_jobs": _sum(g.dynamo)})
     cpu = _sum(jobs.cpu_s)
     startup = _sum(jobs.startup_s)
     rows.append({"rule": "(jobs)", "jobs": len(jobs), "wall_s": _sum(jobs.wall_s), "wall_source": "sum",
                  "cpu_time_s": _sum(jobs.cpu_time_s), "cpu_s": cpu, "startup_s": startup,
-                 "startup_mean_s": startup / jobs.startup_s.notna().sum() if jobs.startup_s.notna().any() else math.nan})
+                 "startup_mean_s": startup / jobs.startup_s.notna().sum() if jobs.startup_s.notna().any() else math.nan,
+                 "dynamo_jobs": _sum(jobs.dynamo)})
     rows.append({"rule": "(run)", "jobs": len(jobs), "wall_s": run_wall, "wall_source": "run", "cpu_time_s": _sum(jobs.cpu_time_s),
                  "cpu_s": cpu, "startup_s": startup, "utilisation": cpu / (cores * run_wall) if run_wall > 0 else math.nan})
     out = pd.DataFrame(rows)

@@ -140,6 +140,98 @@ def bootstrap_lds(predicted: np.ndarray, actual: np.ndarray, n_boot: int, seed: 
         return _quantiles(np.nanmean(per_test, axis=1), level)
 
 
+def cluster_counts(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
+    """How often each cluster is drawn in each resample: (n_boot, n_clusters), rows summing to n_clusters.
+
+    Resample b draws ``n_clusters`` clusters with replacement (``default_rng(seed).integers``, one row per
+    resample); an item then enters resample b with the count of its cluster.
+    """
+    idx = np.random.default_rng(seed).integers(0, n_clusters, (n_boot, n_clusters))
+    counts = np.zeros((n_boot, n_clusters))
+    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    return counts
+
+
+def _weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pearson of (x, y) with each item repeated ``w`` times, per row of w (n_boot, n); NaN where one side is constant.
+
+    ``r = Σ w (x−x̄)(y−ȳ) / √(Σ w (x−x̄)² · Σ w (y−ȳ)²)`` with the w-weighted means x̄, ȳ.
+    """
+    total = w.sum(-1, keepdims=True)
+    dx = x - (w * x).sum(-1, keepdims=True) / total
+    dy = y - (w * y).sum(-1, keepdims=True) / total
+    sxx, syy, sxy = (w * dx * dx).sum(-1), (w * dy * dy).sum(-1), (w * dx * dy).sum(-1)
+    scale = np.maximum(np.abs(x).max(), np.abs(y).max()) if len(x) else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant sides (zero spread up to rounding): NaN, as correlations()
+        r = sxy / np.sqrt(sxx * syy)
+    tiny = 1e-24 * total[:, 0] * scale**2
+    return np.where((sxx > tiny) & (syy > tiny), r, np.nan)
+
+
+def _weighted_midranks(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Ranks of x when item i is repeated ``w[b, i]`` times (ties, within and across items, get their mid rank), per row b.
+
+    For the tie group g of x (in ascending order) of total weight ``W_g``: ``rank_g = Σ_{h<g} W_h + (W_g + 1)/2``,
+    which is what ``scipy.stats.rankdata`` gives each copy in the expanded sample.
+    """
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    group = np.cumsum(np.r_[True, xs[1:] != xs[:-1]]) - 1
+    wg = np.add.reduceat(w[:, order], starts, axis=1)
+    rank_g = np.cumsum(wg, axis=1) - wg + (wg + 1) / 2
+    out = np.empty_like(w, dtype=float)
+    out[:, order] = rank_g[:, group]
+    return out
+
+
+def bootstrap_clustered(predicted: np.ndarray, actual: np.ndarray, clusters, n_boot: int, seed: int,
+                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Cluster bootstrap intervals of :func:`correlations` (Pearson, Spearman, slope): resample whole clusters.
+
+    The removal sets of one test example are not independent (its top-k sets are nested, ``order[:k]``, and
+    share its quirks), so the resampled unit is the cluster (a test example; pooled: a (seed, test example)
+    pair), never the set. Resample b draws the clusters with replacement (:func:`cluster_counts`) and
+    computes, on every set of the drawn clusters (repeated as often as its cluster is drawn), Pearson,
+    Spearman (Pearson of mid ranks) and ``slope = Σ x y / Σ x²``; the interval is the percentile interval
+    of those values. Sets with a non-finite predicted or actual effect are left out first, as in
+    :func:`correlations`. Returns ``{"pearson": (lo, hi), "spearman": (lo, hi), "slope": (lo, hi)}``.
+    """
+    predicted, actual = np.asarray(predicted, float), np.asarray(actual, float)
+    ok = np.isfinite(predicted) & np.isfinite(actual)
+    x, y = predicted[ok], actual[ok]
+    _, codes = np.unique(np.asarray(clusters)[ok], return_inverse=True)
+    nan = (float("nan"), float("nan"))
+    if len(x) < 3 or n_boot <= 0:
+        return {"pearson": nan, "spearman": nan, "slope": nan}
+    w = cluster_counts(int(codes.max()) + 1, n_boot, seed)[:, codes]  # (n_boot, n_sets)
+    enough = w.sum(1) >= 3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where((w * x * x).sum(1) > 0, (w * x * y).sum(1) / (w * x * x).sum(1), np.nan)
+    out = {"pearson": _weighted_pearson(x, y, w),
+           "spearman": _weighted_pearson(_weighted_midranks(x, w), _weighted_midranks(y, w), w), "slope": slope}
+    return {k: _quantiles(np.where(enough, v, np.nan), level) for k, v in out.items()}
+
+
+def bootstrap_cluster_mean(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Cluster bootstrap interval of ``nanmean(values)``, one value per cluster: the LDS over test examples.
+
+    ``values`` are the per-test LDS correlations (pooled: per (seed, test example) pair); resample b draws the
+    test examples with replacement (:func:`cluster_counts`) and takes the mean of the finite drawn values,
+    ``Σ_c n_bc v_c / Σ_c n_bc [v_c finite]``. The subsets are shared by every test example, and each per-test
+    correlation already carries the subsets' sampling noise; the interval answers: how much does the LDS
+    depend on which test examples were scored?
+    """
+    v = np.asarray(values, float)
+    if not len(v) or n_boot <= 0:
+        return float("nan"), float("nan")
+    ok = np.isfinite(v)
+    counts = cluster_counts(len(v), n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (counts * np.where(ok, v, 0.0)).sum(1) / (counts * ok).sum(1)
+    return _quantiles(means, level)
+
+
 def _resamples(n_items: int, n_boot: int, seed: int) -> np.ndarray:
     """The index draws of :func:`bootstrap_interval`, as one (n_boot, n_items) array."""
     rng = np.random.default_rng(seed)

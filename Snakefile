@@ -18,6 +18,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/influence.smk"
+include: "workflow/rules/group.smk"
 include: "workflow/rules/validation.smk"
 include: "workflow/rules/report.smk"
 

@@ -65,6 +65,10 @@ def check_config(config: dict) -> None:
                           f"allowed 1..{d['n_pretrain']}")
     if v["reference_solver"] not in inf["solvers"]:
         raise ConfigError(f"validation.reference_solver={v['reference_solver']!r}: allowed one of influence.solvers={inf['solvers']}")
+    if inf.get("group", {}).get("enabled") and set(v["reference_solver"].split("+")) != {"exact"}:
+        raise ConfigError(f"influence.group.enabled=true needs validation.reference_solver 'exact', not {v['reference_solver']!r}: "
+                          "multi_stage_group reuses each stage's dense factorisation for its per-set chord steps; with CG or "
+                          "EK-FAC each step is a full solve per set (method.md, Group removals: not applicable at scale)")
     if "updated" in config["scenarios"] and not config["finetune"]["alpha"] > 0:
         raise ConfigError(f"finetune.alpha={config['finetune']['alpha']}: scenario 'updated' needs alpha > 0")
     for s in config["scenarios"]:

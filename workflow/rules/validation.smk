@@ -188,6 +188,11 @@ rule compare:
             batch=range(n_lds_batches()),
             allow_missing=True,
         ),
+        group=expand(
+            rules.group_predictions.output.pt,
+            scenario=config["scenarios"] if GROUP else [],
+            allow_missing=True,
+        ),
     output:
         leave_k_out=f"{RESULTS}/validation/leave_k_out.csv",
         summary=f"{RESULTS}/validation/summary.csv",

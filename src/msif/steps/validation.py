@@ -15,7 +15,7 @@ from msif.influence.baselines import baseline_scores
 from msif.steps.common import finetune_args, load_stages, newton_steps, solve_arguments, train_args
 from msif.task.training import ANOTHER_MINIMUM, TrainingError
 from msif.validation import health, metrics
-from msif.validation.compare import ScenarioInputs, compare_tables, read_csvs, with_accuracy
+from msif.validation.compare import PerSet, ScenarioInputs, compare_tables, read_csvs, with_accuracy
 from msif.validation.metrics import (
     batches,
     pooled_summary,
@@ -211,8 +211,11 @@ def lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrai
 def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
             leave_k_out_out: str, summary_out: str, baselines_paths: dict | None = None, lds_subsets_path: str | None = None,
             lds_paths: dict | None = None, lds_out: str | None = None, pretrain_path: str | None = None,
-            finetune_paths: dict | None = None) -> None:
+            finetune_paths: dict | None = None, group_paths: dict | None = None) -> None:
     """One seed's validation tables: predicted (every method and solver) against actual effects (:func:`compare_tables`).
+
+    ``group_paths`` (scenario → rule ``group_predictions``' output; None without ``influence.group``) add the rows of
+    ``multi_stage_group`` (:func:`group_set_predictions`), on the same sets, which first order chose.
 
     With ``pretrain_path`` and ``finetune_paths`` (scenario → finetuned parameters), every summary row also carries the
     accuracy of the models it explains (``pt_*_accuracy``, ``ft_*_accuracy``, from their sidecars).
@@ -222,7 +225,9 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
     inputs = {s: ScenarioInputs(
         methods=method_scores(scores_paths[s], (baselines_paths or {}).get(s), config["validation"]["reference_solver"]),
         sets=io.read_json(sets_paths[s])["sets"], retrain=read_csvs(retrain_paths[s]), noise=read_csvs(noise_paths[s]),
-        lds=read_csvs(lds_paths[s]) if subsets is not None else None) for s in sets_paths}
+        lds=read_csvs(lds_paths[s]) if subsets is not None else None,
+        set_predictions=group_set_predictions((group_paths or {}).get(s), config["validation"]["reference_solver"], config["seed"]))
+        for s in sets_paths}
     lko, summary, lds_table = compare_tables(inputs, subsets, config["validation"]["bootstrap"], config["seed"])
     if pretrain_path and finetune_paths:
         summary = with_accuracy(summary, io.load_meta(pretrain_path).get("accuracy", {}),
@@ -236,6 +241,29 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
     io.write_text(summary_out, summary.to_csv(index=False))
     if lds_out:
         io.write_text(lds_out, lds_table.to_csv(index=False))
+
+
+def group_set_predictions(path: str | None, solver: str, seed: int) -> dict[tuple[str, str], tuple]:
+    """``("multi_stage_group", solver)`` → (:class:`PerSet`, test_ids) from rule ``group_predictions``' output (of this
+    ``seed``); {} without."""
+    if not path:
+        return {}
+    art = io.load_tensors(path, {"seed": seed})
+    lds = art["lds"].numpy() if art["lds"].numel() else None
+    return {("multi_stage_group", solver): (PerSet(art["sets"].numpy(), lds), art["test_ids"])}
+
+
+def log_widening(summary) -> None:
+    """Log how much wider the intervals over test examples are than the old ones over sets (Pearson) and subsets (LDS):
+    median and range over rows of the ratio of widths."""
+    for new, old in (("pearson", "pearson_{}_iid_sets"), ("lds_warm", "lds_warm_{}_iid_subsets")):
+        if old.format("lo") not in summary:
+            continue
+        ratio = ((summary[f"{new}_hi"] - summary[f"{new}_lo"]) / (summary[old.format("hi")] - summary[old.format("lo")])).to_numpy(float)
+        ratio = ratio[np.isfinite(ratio)]
+        if len(ratio):
+            log.info("%s intervals over test examples are %.2fx as wide as the old ones over %s (median of %d rows; range %.2f-%.2f)",
+                     new, np.median(ratio), "sets" if new == "pearson" else "subsets", len(ratio), ratio.min(), ratio.max())
 
 
 def method_scores(scores_paths: dict, baselines_path: str | None, reference_solver: str) -> dict[tuple[str, str], tuple]:

@@ -6,7 +6,7 @@ bootstrap intervals, LDS, both noise floors) and the LDS table (one row per subs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,26 @@ class ScenarioInputs:
     retrain: pd.DataFrame
     noise: pd.DataFrame
     lds: pd.DataFrame | None
+    set_predictions: dict = field(default_factory=dict)  # (method, solver) → (PerSet, test_ids): methods that predict each set
+
+
+@dataclass
+class PerSet:
+    """A method's predictions made per removal set rather than summed from scores (``multi_stage_group``): ``sets`` the
+    predicted Δ test loss of each removal set (in the order of the sets), ``lds`` (n_subsets, n_test) each LDS subset's."""
+
+    sets: np.ndarray
+    lds: np.ndarray | None = None
+
+
+def set_effects(scores, sets: list[dict]) -> np.ndarray:
+    """Each set's predicted effect: summed scores (:func:`predicted_effects`), or a :class:`PerSet`'s own."""
+    return np.asarray(scores.sets) if isinstance(scores, PerSet) else predicted_effects(scores, sets)
+
+
+def subset_effects(scores, subsets: list[list[int]]) -> np.ndarray:
+    """Each LDS subset's predicted effects (n_subsets, n_test): :func:`lds_predictions`, or a :class:`PerSet`'s own."""
+    return np.asarray(scores.lds) if isinstance(scores, PerSet) else lds_predictions(scores, subsets)
 
 
 def read_csvs(paths: list[str]) -> pd.DataFrame:
@@ -39,7 +59,7 @@ def leave_k_out_rows(scenario: str, method: str, solver: str, scores, test_ids, 
     return pd.DataFrame({
         "scenario": scenario, "solver": solver, "test_id": [int(test_ids[s["test_index"]]) for s in sets],
         "selection": [s["selection"] for s in sets], "k": [s["k"] for s in sets],
-        "predicted": predicted_effects(scores, sets), "actual": actual, "method": method, "seed": seed,
+        "predicted": set_effects(scores, sets), "actual": actual, "method": method, "seed": seed,
     })
 
 
@@ -71,11 +91,11 @@ def compare_tables(inputs: dict[str, ScenarioInputs], subsets: list[list[int]] |
         lds_actual = None
         if subsets is not None:
             lds_actual = inp.lds.pivot(index="subset_id", columns="test_index", values="actual").sort_index().to_numpy()
-        for (method, solver), (scores, test_ids) in inp.methods.items():
+        for (method, solver), (scores, test_ids) in {**inp.methods, **inp.set_predictions}.items():
             frames.append(leave_k_out_rows(scenario, method, solver, scores, test_ids, inp.sets, actual, seed))
             row = summary_row(scenario, method, solver, frames[-1]["predicted"].to_numpy(), actual, floors, n_boot, seed)
             if lds_actual is not None:
-                lds_pred = lds_predictions(scores, subsets)
+                lds_pred = subset_effects(scores, subsets)
                 row["lds"], _ = lds(lds_pred, lds_actual)
                 row["lds_lo"], row["lds_hi"] = bootstrap_lds(lds_pred, lds_actual, n_boot, seed)
                 lds_frames.append(lds_rows(scenario, method, solver, test_ids, lds_pred, lds_actual, seed))

@@ -1,0 +1,82 @@
+"""Steps of ``workflow/rules/group.smk``: rule X runs ``workflow/scripts/X.py``, which calls ``X`` here."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from msif import io
+from msif.core.solvers import Eigh
+from msif.influence import multi_stage
+from msif.influence.group import GroupEstimator
+from msif.influence.scoring import upweight_influence
+from msif.steps.common import finetune_args, load_stages, solve_arguments, train_args
+from msif.task.objectives import stage_of
+from msif.validation import health
+
+log = logging.getLogger("msif")
+
+
+def group_args(config: dict, scenario: str) -> dict:
+    """What the group predictions depend on: the finetuned optimum's arguments, the solve settings and ``influence.group``."""
+    inf = config["influence"]
+    return {**finetune_args(config, scenario), "influence": {k: inf[k] for k in ("n_test", "damping", "curvature", "group")}}
+
+
+def first_order_seconds(pt, pt_params, ft, ft_params, test, pt_eigh: Eigh, ft_eigh: Eigh, args, batch_size: int) -> float:
+    """Wall time of the first-order scores of every test example with the same factorisations (method.md steps 1–4),
+    the second of two runs (the first pays one-time costs: the transforms' tracing, allocations)."""
+    for _ in range(2):
+        t0 = time.perf_counter()
+        v = multi_stage.finetune_ihvp(ft, ft_params, test, "exact", args, eigh=ft_eigh)
+        g = multi_stage.cross_stage_vector(ft, ft_params, test, v.x)
+        s = multi_stage.pretrain_ihvp(pt, pt_params, g, "exact", args, eigh=pt_eigh)
+        upweight_influence(pt, pt_params, s.x, batch_size)
+    return time.perf_counter() - t0
+
+
+def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path: str, finetune_path: str, hessian_path: str,
+                      sets_path: str, lds_subsets_path: str | None, out: str) -> None:
+    """``multi_stage_group``'s predicted Δ test loss for every removal set (its own test example) and every LDS subset (every
+    test example): :class:`msif.influence.group.GroupEstimator` with the pretraining eigendecomposition (rule
+    ``pretrain_hessian``) and the finetuning stage's, built here once. The sidecar records the cost per set beside a
+    first-order score's (``cost``) and how many sets' chords did not contract (``non_contracting``)."""
+    exp, pt, pt_params, ft, ft_params = load_stages(config, scenario, data_path, pretrain_path, finetune_path)
+    inf = config["influence"]
+    args, steps = solve_arguments(config), inf["group"]["steps"]
+    h = io.load_tensors(hessian_path, train_args(config), device=exp.device)
+    pt_eigh = Eigh(h["values"], h["vectors"])
+    t0 = time.perf_counter()
+    ft_eigh = Eigh.of(stage_of(ft).matvec(ft_params, args.curvature), ft_params.numel(), ft_params)
+    ft_factor_seconds = time.perf_counter() - t0
+    first = first_order_seconds(pt, pt_params, ft, ft_params, exp.test, pt_eigh, ft_eigh, args, inf["batch_size"])
+    est = GroupEstimator(pt, pt_params, ft, ft_params, exp.test, lambda b: pt_eigh.solve(b, args.damping),
+                         lambda b: ft_eigh.solve(b, args.damping), steps=steps)
+    sets = io.read_json(sets_path)["sets"]
+    preds = [est.remove(s["members"]) for s in sets]
+    set_pred = torch.tensor([float(p.delta[s["test_index"]]) for p, s in zip(preds, sets, strict=True)], dtype=torch.float64)
+    lds_preds = []
+    if lds_subsets_path:
+        for kept in io.read_json(lds_subsets_path)["subsets"]:
+            keep = set(kept)
+            lds_preds.append(est.remove([i for i in range(pt.n) if i not in keep]))
+    lds_pred = torch.stack([p.delta for p in lds_preds]) if lds_preds else torch.zeros(0, len(exp.test), dtype=torch.float64)
+    per_set = sum(p.seconds for p in preds) / max(len(preds), 1)
+    cost = {"seconds_per_set": per_set, "first_order_seconds_per_test": first / len(exp.test),
+            "ratio": per_set / (first / len(exp.test)), "gradients_per_set": 2 * steps, "solves_per_set": 2 * steps,
+            "finetune_factor_seconds": ft_factor_seconds, "steps": steps}
+    non_contracting = {"sets": sum(not p.contracting for p in preds), "lds_subsets": sum(not p.contracting for p in lds_preds)}
+    log.info("group_predictions[%s]: %d sets, %d LDS subsets, %d chord steps per stage; %.2e s per set against %.2e s per "
+             "first-order test column (x%.2g); chords not contracting: %s", scenario, len(sets), len(lds_preds), steps,
+             per_set, cost["first_order_seconds_per_test"], cost["ratio"], non_contracting)
+    if non_contracting["sets"] or non_contracting["lds_subsets"]:
+        log.warning("group_predictions[%s]: chord steps did not contract for %s: those removals left the quadratic regime "
+                    "of the trained optimum (their predictions are far from converged)", scenario, non_contracting)
+    io.save_tensors(out, {"sets": set_pred, "lds": lds_pred, "test_ids": exp.test.ids,
+                          "set_contracting": torch.tensor([p.contracting for p in preds]),
+                          "lds_contracting": torch.tensor([p.contracting for p in lds_preds], dtype=torch.bool)},
+                    args=group_args(config, scenario), cost=cost, non_contracting=non_contracting,
+                    convention="removal effect: predicted f_t(without S) - f_t(all), per set (its test) and per LDS subset (every test)",
+                    problems=health.upstream(finetune_path, hessian_path))

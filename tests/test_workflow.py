@@ -23,7 +23,7 @@ def test_tiny_workflow_writes_the_contract(tiny_run):
     assert set(summary.scenario) == {"fixed", "updated"}
     multi = summary[summary.method == "multi_stage"]
     assert (multi.pearson > 0.9).all(), multi
-    assert set(summary.method) == {"multi_stage", "single_stage", "grad_dot", "representation", "random"}
+    assert set(summary.method) == {"multi_stage", "single_stage", "grad_dot", "representation", "random", "multi_stage_group"}
     assert {"seed", "lds", "pearson_lo", "pearson_hi"} <= set(summary.columns)
     assert ((multi.pearson_lo <= multi.pearson) & (multi.pearson <= multi.pearson_hi)).all()
     lds = pd.read_csv(res / "validation/lds.csv")

@@ -43,7 +43,8 @@ def test_training_steps_record_the_accuracy_the_parameters_give(tmp_path):
 def summary_rows(seed, ft_fixed, ft_updated):
     rows = pd.DataFrame({"scenario": ["fixed", "updated"], "method": "multi_stage", "solver": "exact", "seed": seed,
                          "pearson": [0.95, 0.93], "spearman": [0.9, 0.9], "slope": 1.0, "pearson_lo": 0.9, "pearson_hi": 0.99,
-                         "n_sets": 12, "lds": np.nan, "lds_lo": np.nan, "lds_hi": np.nan, "noise_floor": 1e-9, "noise_floor_seed": 1e-3})
+                         "n_sets": 12, "lds_warm": np.nan, "lds_warm_lo": np.nan, "lds_warm_hi": np.nan, "noise_floor": 1e-9,
+                         "noise_floor_seed": 1e-3})
     return with_accuracy(rows, {"train": 1.0, "test": 0.99}, {"fixed": {"train": 0.6, "test": ft_fixed},
                                                                "updated": {"train": 0.95, "test": ft_updated}})
 
@@ -53,7 +54,7 @@ def test_summary_rows_carry_each_scenarios_accuracy_and_the_pooled_rows_their_me
     assert set(ACCURACY_COLUMNS) <= set(per_seed.columns)
     assert per_seed.loc[per_seed.scenario == "fixed", "ft_test_accuracy"].tolist() == [0.50, 0.60]
     lko = pd.DataFrame({"scenario": ["fixed"] * 3 + ["updated"] * 3, "method": "multi_stage", "solver": "exact",
-                        "predicted": [1.0, 2.0, 3.0] * 2, "actual": [1.1, 1.9, 3.2] * 2, "seed": 0})
+                        "predicted": [1.0, 2.0, 3.0] * 2, "actual": [1.1, 1.9, 3.2] * 2, "seed": 0, "test_id": [0, 0, 1] * 2})
     pooled = pooled_summary(lko, pd.DataFrame(columns=["scenario", "method", "solver"]), per_seed, n_boot=10, seed=0)
     all_rows = pooled[pooled.seed == "all"].set_index("scenario")
     assert all_rows.loc["fixed", "ft_test_accuracy"] == pytest.approx(0.55)

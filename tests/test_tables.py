@@ -13,8 +13,9 @@ def _summary(seeds):
             for method in ("random", "multi_stage"):
                 rows.append({"scenario": scenario, "solver": "exact" if method == "multi_stage" else "none", "pearson": 0.9,
                              "spearman": 0.8, "n_sets": 12, "noise_floor": 1e-9, "noise_floor_seed": np.nan, "method": method,
-                             "seed": seed, "lds": 0.5, "pearson_lo": 0.85, "pearson_hi": 0.95, "lds_lo": 0.4, "lds_hi": 0.6,
-                             "slope": 1.5})
+                             "seed": seed, "lds_warm": 0.5, "pearson_lo": 0.85, "pearson_hi": 0.95, "lds_warm_lo": 0.4,
+                             "lds_warm_hi": 0.6, "slope": 1.5, "lds_cold": 0.3 if method == "multi_stage" else np.nan,
+                             "lds_cold_lo": 0.1, "lds_cold_hi": 0.45})
     return pd.DataFrame(rows)
 
 
@@ -26,8 +27,9 @@ def test_paper_summary_keeps_pooled_rows_with_alpha_and_markdown_has_intervals()
     assert np.isnan(table.alpha[0]) and list(table.alpha[2:]) == [0.1, 0.1, 1.0, 1.0]
     md = markdown(table).splitlines()
     assert md[0].startswith("| scenario | α | method |") and len(md) == 2 + 6
-    assert md[2] == "| fixed | — | multi_stage | exact | 0.900 [0.850, 0.950] | 0.800 | 0.500 [0.400, 0.600] | 1.50 | 12 | — | — |"
-    assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | 12 | — | — |")  # no accuracy recorded
+    assert md[2] == ("| fixed | — | multi_stage | exact | 0.900 [0.850, 0.950] | 0.800 | 0.500 [0.400, 0.600] | 0.300 [0.100, 0.450] "
+                     "| 1.50 | 12 | — | — |")
+    assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | — | 12 | — | — |")  # no cold LDS, no accuracy
 
 
 def test_one_seed_run_keeps_its_rows():

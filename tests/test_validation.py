@@ -133,15 +133,16 @@ def _seed_tables(seeds=(0, 1), n_sets=30, n_sub=20, n_test=3):
         pred = rng.normal(size=n_sets)
         act = 2 * pred + (0.5 * rng.normal(size=n_sets) if seed else 0)
         lko.append(pd.DataFrame({"scenario": "fixed", "solver": "exact", "method": "multi_stage", "seed": seed,
-                                 "predicted": pred, "actual": act}))
+                                 "test_id": np.arange(n_sets) % n_test, "predicted": pred, "actual": act}))
         p = rng.normal(size=(n_sub, n_test))
         a = p if seed == 0 else -p  # LDS +1 on seed 0, -1 on seed 1: pooled mean 0
         lds_rows.append(pd.DataFrame({"scenario": "fixed", "method": "multi_stage", "solver": "exact", "seed": seed,
                                       "subset_id": np.repeat(np.arange(n_sub), n_test), "test_id": np.tile(np.arange(n_test), n_sub),
-                                      "predicted": p.reshape(-1), "actual": a.reshape(-1)}))
+                                      "predicted": p.reshape(-1), "actual": a.reshape(-1), "actual_cold": p.reshape(-1)}))
         summary.append({"scenario": "fixed", "solver": "exact", "pearson": 0.0, "spearman": 0.0, "n_sets": n_sets,
                         "noise_floor": 1e-3 * (1 + seed), "noise_floor_seed": 1e-2, "method": "multi_stage", "seed": seed,
-                        "lds": 0.0, "pearson_lo": 0.0, "pearson_hi": 0.0, "lds_lo": 0.0, "lds_hi": 0.0, "slope": 0.0})
+                        "lds_warm": 0.0, "pearson_lo": 0.0, "pearson_hi": 0.0, "lds_warm_lo": 0.0, "lds_warm_hi": 0.0, "slope": 0.0,
+                        "lds_cold": 1.0, "lds_cold_lo": 1.0, "lds_cold_hi": 1.0, "pearson_lo_iid_sets": 0.0, "pearson_hi_iid_sets": 0.0})
     return pd.concat(lko), pd.concat(lds_rows), pd.DataFrame(summary)
 
 
@@ -155,8 +156,12 @@ def test_pooled_summary_pools_the_sets_and_tests_of_every_seed():
     c = correlations(lko.predicted.to_numpy(), lko.actual.to_numpy())
     assert pooled.n_sets == 60 and pooled.pearson == pytest.approx(c["pearson"]) and pooled.slope == pytest.approx(c["slope"])
     assert 1.9 < pooled.slope < 2.1 and pooled.pearson_lo <= pooled.pearson <= pooled.pearson_hi
-    assert pooled.lds == pytest.approx(0.0, abs=1e-12)  # +1 on seed 0 and −1 on seed 1, per test example
-    assert -1 <= pooled.lds_lo < -0.3 and 0.3 < pooled.lds_hi <= 1  # resampled over the 6 (seed, test) pairs
+    assert pooled.lds_warm == pytest.approx(0.0, abs=1e-12)  # +1 on seed 0 and −1 on seed 1, per test example
+    assert -1 <= pooled.lds_warm_lo < -0.3 and 0.3 < pooled.lds_warm_hi <= 1  # resampled over the 6 (seed, test) pairs
+    assert pooled.lds_cold == pooled.lds_cold_lo == pooled.lds_cold_hi == pytest.approx(1.0)  # actual_cold = predicted
+    # leave-k-out intervals resample the 6 (seed, test) pairs, the old ones the 60 sets: at least as wide here
+    assert pooled.pearson_lo_iid_sets <= pooled.pearson <= pooled.pearson_hi_iid_sets
+    assert pooled.pearson_hi - pooled.pearson_lo > pooled.pearson_hi_iid_sets - pooled.pearson_lo_iid_sets
     assert pooled.noise_floor == pytest.approx(np.sqrt((1e-6 + 4e-6) / 2)) and pooled.noise_floor_seed == pytest.approx(1e-2)
 
 

@@ -24,7 +24,8 @@ def test_tiny_workflow_writes_the_contract(tiny_run):
     multi = summary[summary.method == "multi_stage"]
     assert (multi.pearson > 0.9).all(), multi
     assert set(summary.method) == {"multi_stage", "single_stage", "grad_dot", "representation", "random", "multi_stage_group"}
-    assert {"seed", "lds", "pearson_lo", "pearson_hi"} <= set(summary.columns)
+    assert {"seed", "lds_warm", "lds_cold", "pearson_lo", "pearson_hi", "pearson_lo_iid_sets"} <= set(summary.columns)
+    assert "lds" not in summary
     assert ((multi.pearson_lo <= multi.pearson) & (multi.pearson <= multi.pearson_hi)).all()
     lds = pd.read_csv(res / "validation/lds.csv")
     assert list(lds.columns)[:6] == ["scenario", "method", "subset_id", "test_id", "predicted", "actual"]
@@ -46,9 +47,9 @@ def test_tiny_workflow_supports_the_claims(tiny_run):
         multi, single = rows.loc[("multi_stage", "exact")], rows.loc[("single_stage", "exact")]
         random = rows.xs("random", level="method").iloc[0]
         assert multi.pearson > single.pearson, (scenario, multi.pearson, single.pearson)
-        assert multi.lds > 0.5 and multi.lds > random.lds_hi, (scenario, multi.lds, random.lds, random.lds_hi)
+        assert multi.lds_warm > 0.5 and multi.lds_warm > random.lds_warm_hi, (scenario, multi.lds_warm, random.lds_warm_hi)
         cg_row = rows.loc[("multi_stage", "cg")]
-        assert abs(cg_row.pearson - multi.pearson) <= 1e-8 and abs(cg_row.lds - multi.lds) <= 1e-8
+        assert abs(cg_row.pearson - multi.pearson) <= 1e-8 and abs(cg_row.lds_warm - multi.lds_warm) <= 1e-8
         exact = io.load_tensors(res / f"seed0/influence/{scenario}/exact/scores.pt")["scores"]
         cg = io.load_tensors(res / f"seed0/influence/{scenario}/cg/scores.pt")["scores"]
         torch.testing.assert_close(cg, exact, rtol=1e-8, atol=1e-8 * float(exact.abs().max()))

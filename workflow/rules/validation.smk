@@ -157,6 +157,38 @@ rule lds_retrain:
         "../scripts/lds_retrain.py"
 
 
+rule lds_cold:
+    input:
+        data=rules.prepare_data.output.pt,
+        pretrain=rules.pretrain.output.pt,
+        finetune=rules.finetune.output.pt,
+        subsets=rules.lds_subsets.output.json,
+    output:
+        csv=f"{RESULTS}/validation/{{scenario}}/lds_cold/batch{{batch}}.csv",
+    log:
+        f"{LOGS}/validation/{{scenario}}_lds_cold_batch{{batch}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{scenario}}_lds_cold_batch{{batch}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+        gpu=0,
+    params:
+        cfg=cfg(
+            *FINETUNE_KEYS,
+            "influence.n_test",
+            "retraining.max_iter",
+            "validation.lds.grad_tol",
+            "validation.lds.cold_seeds",
+        ),
+        version=VERSION,
+    script:
+        "../scripts/lds_cold.py"
+
+
 rule compare:
     input:
         pretrain=rules.pretrain.output.pt,
@@ -186,6 +218,12 @@ rule compare:
             rules.lds_retrain.output.csv,
             scenario=config["scenarios"],
             batch=range(n_lds_batches()),
+            allow_missing=True,
+        ),
+        lds_cold=expand(
+            rules.lds_cold.output.csv,
+            scenario=config["scenarios"],
+            batch=range(n_lds_batches() if LDS.get("cold_seeds", 0) else 0),
             allow_missing=True,
         ),
         group=expand(

@@ -15,6 +15,7 @@ with job(snakemake.log[0], snakemake.threads):
         baselines_paths={s: of(i.baselines, s)[0] for s in scenarios} if i.baselines else None,
         lds_subsets_path=i.lds_subsets or None,
         lds_paths={s: of(i.lds, s) for s in scenarios},
+        lds_cold_paths={s: of(i.lds_cold, s) for s in scenarios},
         group_paths={s: of(i.group, s)[0] for s in scenarios} if i.group else None,
         leave_k_out_out=snakemake.output.leave_k_out,
         summary_out=snakemake.output.summary,

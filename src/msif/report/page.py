@@ -65,8 +65,8 @@ def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solv
 
 
 def methods_figure(summary: pd.DataFrame) -> str:
-    """Pearson (leave-k-out) and LDS per method and scenario, with bootstrap 95% intervals."""
-    metrics = [("pearson", "leave-k-out Pearson")] + ([("lds", "LDS (Spearman)")] if summary["lds"].notna().any() else [])
+    """Pearson (leave-k-out) and the warm- and cold-start LDS per method and scenario, with bootstrap 95% intervals."""
+    metrics = [("pearson", "leave-k-out Pearson")] + [(c, label) for c, label in LDS_METRICS if c in summary and summary[c].notna().any()]
     d = summary[(summary.method != "multi_stage") | (summary.solver == summary.solver.iloc[0])]
     order = list(dict.fromkeys(["multi_stage", *d.method]))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(order) + 1.4), squeeze=False)
@@ -84,6 +84,24 @@ def methods_figure(summary: pd.DataFrame) -> str:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return png(fig)
+
+
+LDS_METRICS = (("lds_warm", "LDS, warm start (Spearman)"), ("lds_cold", "LDS, cold start (Spearman)"))
+
+
+def interval_widening(summary: pd.DataFrame) -> str:
+    """One sentence: how much wider the Pearson intervals over test examples are than the old ones over removal sets,
+    median and range over rows of ``(pearson_hi − pearson_lo) / (pearson_hi_iid_sets − pearson_lo_iid_sets)``."""
+    if "pearson_lo_iid_sets" not in summary:
+        return ""
+    ratio = ((summary.pearson_hi - summary.pearson_lo) / (summary.pearson_hi_iid_sets - summary.pearson_lo_iid_sets)).to_numpy(float)
+    ratio = ratio[np.isfinite(ratio)]
+    if not len(ratio):
+        return ""
+    return (f"<p>The intervals resample test examples (clusters: the sets of one test example are nested and share its quirks); the "
+            f"old intervals over removal sets, kept as <code>pearson_lo_iid_sets</code>/<code>pearson_hi_iid_sets</code>, were too "
+            f"narrow: these are {np.median(ratio):.2f}× as wide (median over {len(ratio)} rows; range {ratio.min():.2f}–"
+            f"{ratio.max():.2f}).</p>")
 
 
 def lds_figure(lds_table: pd.DataFrame, solver: str, per_scenario: int = 3) -> str:
@@ -196,7 +214,8 @@ def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
         "scenario": df.scenario, "method": df.method, "solver": df.solver,
         "Pearson [95% CI]": [ci(*r) for r in zip(df.pearson, df.pearson_lo, df.pearson_hi, strict=True)],
         "Spearman": [f"{v:.3f}" for v in df.spearman],
-        "LDS [95% CI]": [ci(*r) for r in zip(df.lds, df.lds_lo, df.lds_hi, strict=True)],
+        **{f"LDS {kind} [95% CI]": [ci(*r) for r in zip(df[f"lds_{kind}"], df[f"lds_{kind}_lo"], df[f"lds_{kind}_hi"], strict=True)]
+           for kind in ("warm", "cold") if f"lds_{kind}" in df and (kind == "warm" or df[f"lds_{kind}"].notna().any())},
         "sets": df.n_sets.astype(str), "noise floor": [f"{v:.2e}" for v in df.noise_floor],
         "seed noise": [f"{v:.2e}" if np.isfinite(v) else "—" for v in df.get("noise_floor_seed", pd.Series(np.nan, index=df.index))],
         "slope": [f"{v:.2f}" if m in LOSS_UNIT_METHODS else "—" for v, m in zip(df.slope, df.method, strict=True)],
@@ -314,8 +333,11 @@ def accuracy_flags(ms: pd.DataFrame, min_accuracy: float) -> list[str]:
 
 SUMMARY_TEXT = ("<p>Each row correlates, over all removal sets (top-k, bottom-k, random-k per test example and k), the first-order "
                 "prediction Σ<sub>i∈S</sub> score[t, i] with the change of the test loss measured by retraining both stages without S; "
-                "[lo, hi] are bootstrap 95% intervals over removal sets. <i>LDS</i>: Spearman between predicted and actual test-loss "
-                "changes across random subsets holding half the pretraining set, averaged over test examples. "
+                "[lo, hi] are bootstrap 95% intervals over test examples (pooled rows: over (seed, test example) pairs). <i>LDS</i>: "
+                "Spearman between predicted and actual test-loss changes across random subsets holding half the pretraining set, "
+                "averaged over test examples; <i>warm</i>: each subset retrained from the full-data optimum (the local response the "
+                "influence function approximates); <i>cold</i>: trained from fresh initialisations, averaged over "
+                "validation.lds.cold_seeds seeds (the protocol of published LDS figures). "
                 "<i>noise floor</i>: RMS change of the test loss when retraining on the <i>full</i> set from a perturbed warm start "
                 "(how precisely retraining lands); <i>seed noise</i>: the same from a cold start under another seed (how far apart two "
                 "equally valid trainings land — removal effects below it are not reproducible across trainings). <i>slope</i>: "
@@ -324,7 +346,7 @@ SUMMARY_TEXT = ("<p>Each row correlates, over all removal sets (top-k, bottom-k,
 
 
 def summary_section(summary: pd.DataFrame, all_rows: pd.DataFrame, seeds: list[int]) -> str:
-    parts = ["<h2>Summary</h2>", SUMMARY_TEXT, table(_summary_view(summary[summary.method == "multi_stage"]))]
+    parts = ["<h2>Summary</h2>", SUMMARY_TEXT, interval_widening(summary), table(_summary_view(summary[summary.method == "multi_stage"]))]
     if len(seeds) > 1:
         per_seed = all_rows[(all_rows.seed != "all") & (all_rows.method == "multi_stage")]
         parts.append(f"<h3>Per seed</h3><p>Each seed is a full replicate (data split, initialisation, removal sets); the rows above pool "
@@ -343,7 +365,7 @@ def baselines_section(summary: pd.DataFrame) -> str:
             "gradient dot product, no Hessian; <i>representation</i>: cosine similarity of pretrained features; <i>random</i>. "
             "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
             "is the fair comparison.</p>" + methods_figure(summary)
-            + table(_summary_view(summary.sort_values(["scenario", "lds", "pearson"], ascending=[True, False, False]))))
+            + table(_summary_view(summary.sort_values(["scenario", "lds_warm", "pearson"], ascending=[True, False, False]))))
 
 
 def predicted_vs_actual_section(summary: pd.DataFrame, lko: pd.DataFrame) -> str:

@@ -22,8 +22,10 @@ def paper_summary(summary: pd.DataFrame, alpha: float) -> pd.DataFrame:
     seeds = summary["seed"].astype(str)
     rows = summary[seeds == "all"] if (seeds == "all").any() else summary
     out = rows.assign(alpha=[_alpha(s, alpha) for s in rows.scenario], n_seeds=max(1, (seeds != "all").sum() // max(1, len(rows))))
-    order = ["scenario", "alpha", "method", "solver", "pearson", "pearson_lo", "pearson_hi", "spearman", "lds", "lds_lo", "lds_hi",
-             "slope", "noise_floor", "noise_floor_seed", "n_sets", "n_seeds", "pt_test_accuracy", "ft_test_accuracy"]
+    order = ["scenario", "alpha", "method", "solver", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi",
+             "lds_warm", "lds_warm_lo", "lds_warm_hi", "lds_cold", "lds_cold_lo", "lds_cold_hi", "slope", "slope_lo", "slope_hi",
+             "noise_floor", "noise_floor_seed", "n_sets", "n_seeds", "pt_test_accuracy", "ft_test_accuracy",
+             "pearson_lo_iid_sets", "pearson_hi_iid_sets"]
     out = out[[c for c in order if c in out]]
     kind = out.scenario.str.partition("@")[0]
     return out.assign(_k=kind, _m=out.method != "multi_stage").sort_values(["_k", "alpha", "_m", "method", "solver"]).drop(
@@ -31,7 +33,8 @@ def paper_summary(summary: pd.DataFrame, alpha: float) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """A markdown table: Pearson and LDS with their 95% intervals in one cell each, beside the accuracy of the models explained."""
+    """A markdown table: Pearson and the warm- and cold-start LDS with their 95% intervals (over test examples) in one cell each,
+    beside the accuracy of the models explained."""
     def ci(v, lo, hi):
         return "—" if not np.isfinite(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{v:.3f}"
 
@@ -39,12 +42,13 @@ def markdown(table: pd.DataFrame) -> str:
         v = getattr(r, col, float("nan"))
         return f"{v:.3f}" if np.isfinite(v) else "—"
 
-    head = ["scenario", "α", "method", "solver", "Pearson [95% CI]", "Spearman", "LDS [95% CI]", "slope", "sets",
+    head = ["scenario", "α", "method", "solver", "Pearson [95% CI]", "Spearman", "LDS warm [95% CI]", "LDS cold [95% CI]", "slope", "sets",
             "pretrain test acc.", "finetune test acc."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.itertuples():
         cells = [r.scenario.partition("@")[0], "—" if not np.isfinite(r.alpha) else f"{r.alpha:g}", r.method, r.solver,
-                 ci(r.pearson, r.pearson_lo, r.pearson_hi), f"{r.spearman:.3f}", ci(r.lds, r.lds_lo, r.lds_hi),
+                 ci(r.pearson, r.pearson_lo, r.pearson_hi), f"{r.spearman:.3f}", ci(r.lds_warm, r.lds_warm_lo, r.lds_warm_hi),
+                 ci(*(getattr(r, c, float("nan")) for c in ("lds_cold", "lds_cold_lo", "lds_cold_hi"))),
                  f"{r.slope:.2f}" if r.method in ("multi_stage", "single_stage") else "—", str(int(r.n_sets)),
                  acc(r, "pt_test_accuracy"), acc(r, "ft_test_accuracy")]
         lines.append("| " + " | ".join(cells) + " |")

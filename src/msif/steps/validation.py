@@ -15,9 +15,10 @@ from msif.influence.baselines import baseline_scores
 from msif.steps.common import finetune_args, load_stages, newton_steps, solve_arguments, train_args
 from msif.task.training import ANOTHER_MINIMUM, TrainingError
 from msif.validation import health, metrics
-from msif.validation.compare import PerSet, ScenarioInputs, compare_tables, read_csvs, with_accuracy
+from msif.validation.compare import LDS_COLUMNS, PerSet, ScenarioInputs, compare_tables, read_csvs, with_accuracy
 from msif.validation.metrics import (
     batches,
+    lds_cold_seed,
     pooled_summary,
 )
 from msif.validation.noise import NOISE_KINDS, noise_seed
@@ -208,11 +209,58 @@ def lds_retrain(config: dict, scenario: str, batch: int, data_path: str, pretrai
     io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
 
 
+def lds_cold(config: dict, scenario: str, batch: int, data_path: str, pretrain_path: str, finetune_path: str,
+             subsets_path: str, out: str) -> None:
+    """Cold-start LDS: train both stages on each LDS subset S_j of one batch from ``validation.lds.cold_seeds`` fresh
+    initialisations; one row per (subset, rep, test example) with ``actual = f_t(θ_{S_j, rep}) − f_t(θ)``.
+
+    Rep c of subset j starts from the model's initialisation under :func:`msif.validation.metrics.lds_cold_seed`
+    (run seed, j, c) and trains pretraining (the examples outside S_j weighted 0, the denominator n, as the warm
+    retrain), then finetuning from θ's fresh initialisation, each to ``validation.lds.grad_tol``
+    (:func:`retrain_from_scratch`). The comparison averages the reps (:func:`msif.validation.compare.cold_actual`).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    exp, pt, _, ft, ft_params = load_stages(config, scenario, data_path, pretrain_path, finetune_path)
+    base = test_losses(ft, ft_params, exp.test)
+    spec = io.read_json(subsets_path)
+    grad_tol, max_iter = config["validation"]["lds"]["grad_tol"], config["retraining"]["max_iter"]
+    rows = []
+    for j in tqdm(spec["batches"][batch], desc=f"lds_cold[{scenario}] batch {batch}", mininterval=5):
+        kept = set(spec["subsets"][j])
+        removed = [i for i in range(pt.n) if i not in kept]
+        for rep in range(config["validation"]["lds"].get("cold_seeds", 0)):
+            init_seed = lds_cold_seed(config["seed"], j, rep)
+            t0 = time.perf_counter()
+            row = {"scenario": scenario, "subset_id": j, "rep": rep, "init_seed": init_seed}
+            try:
+                res = retrain_from_scratch(pt, ft, exp.model.init_params(init_seed, exp.dtype, exp.device), exp.test, grad_tol,
+                                           max_iter, newton_steps=newton_steps(config), removed=removed)
+            except TrainingError as err:  # as in lds_retrain: the rows are kept, NaN and flagged
+                log.error("lds_cold subset %d rep %d: training diverged: %s", j, rep, err)
+                rows += [{**row, "test_index": t, "actual": float("nan"), "pretrain_grad_norm": float("nan"),
+                          "finetune_grad_norm": float("nan"), "seconds": time.perf_counter() - t0,
+                          "flag": f"lds_cold subset {j} rep {rep}: diverged ({err})"} for t in range(len(base))]
+                continue
+            delta = (res.test_losses - base).cpu().numpy()
+            flag = health.flag(health.retrain_problems(f"lds_cold subset {j} rep {rep}", res.pretrain, res.finetune, grad_tol))
+            seconds = time.perf_counter() - t0
+            rows += [{**row, "test_index": t, "actual": float(delta[t]), "pretrain_grad_norm": res.pretrain["grad_norm"],
+                      "finetune_grad_norm": res.finetune["grad_norm"], "seconds": seconds, "flag": flag} for t in range(len(delta))]
+            log.info("lds_cold subset %d rep %d (init seed %d): mean |Δ| %.3e in %.2f s", j, rep, init_seed,
+                     float(np.abs(delta).mean()), seconds)
+    io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
+
+
 def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
             leave_k_out_out: str, summary_out: str, baselines_paths: dict | None = None, lds_subsets_path: str | None = None,
             lds_paths: dict | None = None, lds_out: str | None = None, pretrain_path: str | None = None,
-            finetune_paths: dict | None = None, group_paths: dict | None = None) -> None:
+            finetune_paths: dict | None = None, lds_cold_paths: dict | None = None, group_paths: dict | None = None) -> None:
     """One seed's validation tables: predicted (every method and solver) against actual effects (:func:`compare_tables`).
+
+    ``lds_cold_paths`` (scenario → the CSVs of rule ``lds_cold``; empty lists or None without cold-start LDS) fill
+    ``lds_cold`` beside ``lds_warm``.
 
     ``group_paths`` (scenario → rule ``group_predictions``' output; None without ``influence.group``) add the rows of
     ``multi_stage_group`` (:func:`group_set_predictions`), on the same sets, which first order chose.
@@ -226,6 +274,7 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
         methods=method_scores(scores_paths[s], (baselines_paths or {}).get(s), config["validation"]["reference_solver"]),
         sets=io.read_json(sets_paths[s])["sets"], retrain=read_csvs(retrain_paths[s]), noise=read_csvs(noise_paths[s]),
         lds=read_csvs(lds_paths[s]) if subsets is not None else None,
+        lds_cold=read_csvs(lds_cold_paths[s]) if subsets is not None and (lds_cold_paths or {}).get(s) else None,
         set_predictions=group_set_predictions((group_paths or {}).get(s), config["validation"]["reference_solver"], config["seed"]))
         for s in sets_paths}
     lko, summary, lds_table = compare_tables(inputs, subsets, config["validation"]["bootstrap"], config["seed"])
@@ -237,6 +286,7 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
         log.warning("%d of %d leave-k-out rows flagged (column 'flag'): %s", int((lko["flag"] != health.OK).sum()), len(lko),
                     sorted(set(lko["flag"]) - {health.OK})[:10])
     log.info("summary:\n%s", summary.to_string(index=False))
+    log_widening(summary)
     io.write_text(leave_k_out_out, lko.to_csv(index=False))
     io.write_text(summary_out, summary.to_csv(index=False))
     if lds_out:
@@ -287,13 +337,13 @@ def aggregate(seeds: list[int], n_boot: int, leave_k_out_paths: list[str], summa
 
     read = lambda paths: pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)  # noqa: E731
     lko, per_seed = read(leave_k_out_paths), read(summary_paths)
-    lds_table = read(lds_paths) if lds_paths else pd.DataFrame(
-        columns=["scenario", "method", "subset_id", "test_id", "predicted", "actual", "solver", "seed"])
+    lds_table = read(lds_paths) if lds_paths else pd.DataFrame(columns=LDS_COLUMNS)
     found = sorted(set(per_seed["seed"].astype(int)))
     if found != sorted(seeds):
         raise ValueError(f"seeds: the per-seed summaries hold seeds {found}, the config asks for {sorted(seeds)}")
     summary = pooled_summary(lko, lds_table, per_seed, n_boot, seed=min(seeds)) if len(seeds) > 1 else per_seed
     log.info("summary over seeds %s:\n%s", seeds, summary.to_string(index=False))
+    log_widening(summary)
     io.write_text(leave_k_out_out, lko.to_csv(index=False))
     io.write_text(summary_out, summary.to_csv(index=False))
     io.write_text(lds_out, lds_table.to_csv(index=False))

@@ -78,6 +78,17 @@ def lds_subsets(n: int, fraction: float, n_subsets: int, seed: int) -> list[list
     return [sorted(torch.randperm(n, generator=gen)[:size].tolist()) for _ in range(n_subsets)]
 
 
+def lds_cold_seed(seed: int, subset: int, rep: int) -> int:
+    """The initialisation seed of cold-start LDS retrain ``rep`` of subset ``subset`` (validation.lds.cold_seeds).
+
+    ``SeedSequence([seed, subset, rep, 4243]).generate_state(1)[0] mod 2³¹``: one fresh initialisation per (run seed,
+    subset, rep), the same in every scenario (so the scenarios' pretraining on a subset is the same training) and
+    independent of the job that computes it, so reruns are bit-identical; tag 4243 keeps it apart from the subsets'
+    own draw (4242) and the noise floors' seeds (tag 7).
+    """
+    return int(np.random.SeedSequence([seed, subset, rep, 4243]).generate_state(1)[0] % 2**31)
+
+
 def lds_predictions(scores: torch.Tensor, subsets: list[list[int]]) -> np.ndarray:
     """Predicted change of each test loss when training on S_j only: ``Σ_{i∉S_j} score[t, i]``; (n_subsets, n_test)."""
     total = scores.sum(1)
@@ -194,15 +205,16 @@ def bootstrap_clustered(predicted: np.ndarray, actual: np.ndarray, clusters, n_b
     pair), never the set. Resample b draws the clusters with replacement (:func:`cluster_counts`) and
     computes, on every set of the drawn clusters (repeated as often as its cluster is drawn), Pearson,
     Spearman (Pearson of mid ranks) and ``slope = Σ x y / Σ x²``; the interval is the percentile interval
-    of those values. Sets with a non-finite predicted or actual effect are left out first, as in
-    :func:`correlations`. Returns ``{"pearson": (lo, hi), "spearman": (lo, hi), "slope": (lo, hi)}``.
+    of those values (NaN with a single cluster). Sets with a non-finite predicted or actual effect are left out
+    first, as in :func:`correlations`. With few clusters a percentile interval of a correlation under-covers
+    even so (docs/validation.md: about 0.77 for 95 % with 10 test examples); with 2 it is degenerate. Returns ``{"pearson": (lo, hi), "spearman": (lo, hi), "slope": (lo, hi)}``.
     """
     predicted, actual = np.asarray(predicted, float), np.asarray(actual, float)
     ok = np.isfinite(predicted) & np.isfinite(actual)
     x, y = predicted[ok], actual[ok]
     _, codes = np.unique(np.asarray(clusters)[ok], return_inverse=True)
     nan = (float("nan"), float("nan"))
-    if len(x) < 3 or n_boot <= 0:
+    if len(x) < 3 or n_boot <= 0 or codes.max() < 1:  # one cluster: nothing to resample
         return {"pearson": nan, "spearman": nan, "slope": nan}
     w = cluster_counts(int(codes.max()) + 1, n_boot, seed)[:, codes]  # (n_boot, n_sets)
     enough = w.sum(1) >= 3
@@ -223,9 +235,9 @@ def bootstrap_cluster_mean(values: np.ndarray, n_boot: int, seed: int, level: fl
     depend on which test examples were scored?
     """
     v = np.asarray(values, float)
-    if not len(v) or n_boot <= 0:
-        return float("nan"), float("nan")
     ok = np.isfinite(v)
+    if ok.sum() < 2 or n_boot <= 0:  # one test example: nothing to resample
+        return float("nan"), float("nan")
     counts = cluster_counts(len(v), n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = (counts * np.where(ok, v, 0.0)).sum(1) / (counts * ok).sum(1)
@@ -249,36 +261,49 @@ def bootstrap_interval(stat, n_items: int, n_boot: int, seed: int, level: float 
     return float(lo), float(hi)
 
 
+def _pooled_lds(d: pd.DataFrame, column: str) -> np.ndarray:
+    """The per-(seed, test example) LDS correlations of one method's LDS rows, ``column`` the actual effects."""
+    if column not in d or not d[column].notna().any():
+        return np.array([])
+    return np.concatenate([lds(t.pivot(index="subset_id", columns="test_id", values="predicted").to_numpy(),
+                               t.pivot(index="subset_id", columns="test_id", values=column).to_numpy())[1]
+                           for _, t in d.groupby("seed")])
+
+
 def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
     """Per-seed summary rows followed by one pooled row per (scenario, method, solver) with ``seed = "all"``.
 
-    Pooled leave-k-out: Pearson/Spearman/slope over the removal sets of every seed, bootstrap interval
-    over those sets. Pooled LDS: the mean of the per-(seed, test) Spearman correlations, bootstrap
-    interval over those (seed, test) pairs. Noise floors: RMS over seeds of the per-seed floors.
+    Pooled leave-k-out: Pearson/Spearman/slope over the removal sets of every seed, with intervals over resampled
+    (seed, test example) pairs (:func:`bootstrap_clustered`; the old interval over sets as ``pearson_lo_iid_sets``/
+    ``_hi_iid_sets``). Pooled LDS (``lds_warm`` from the LDS table's ``actual``, ``lds_cold`` from its
+    ``actual_cold``): the mean of the per-(seed, test) Spearman correlations, interval over resampled (seed, test)
+    pairs (:func:`bootstrap_cluster_mean`). Noise floors: RMS over seeds of the per-seed floors.
     """
 
     rows = []
     keys = ["scenario", "method", "solver"]
+    nan = float("nan")
     for (scenario, method, solver), g in per_seed.groupby(keys, sort=False):
         sel = (lko.scenario == scenario) & (lko.method == method) & (lko.solver == solver)
         pred, act = lko.loc[sel, "predicted"].to_numpy(), lko.loc[sel, "actual"].to_numpy()
+        pairs = (lko.loc[sel, "seed"].astype(str) + ":" + lko.loc[sel, "test_id"].astype(str)).to_numpy()
         c = correlations(pred, act)
+        ci = bootstrap_clustered(pred, act, pairs, n_boot, seed)
         lo, hi = bootstrap_pearson(pred, act, n_boot, seed)
         row = {**{k: v for k, v in zip(keys, (scenario, method, solver), strict=True)}, "seed": "all",
-               "pearson": c["pearson"], "spearman": c["spearman"], "slope": c["slope"], "pearson_lo": lo, "pearson_hi": hi,
-               "n_sets": int(sel.sum()), "lds": float("nan"), "lds_lo": float("nan"), "lds_hi": float("nan")}
+               "pearson": c["pearson"], "spearman": c["spearman"], "slope": c["slope"], "n_sets": int(sel.sum()),
+               **{f"{m}_{end}": ci[m][i] for m in ci for i, end in enumerate(("lo", "hi"))},
+               "pearson_lo_iid_sets": lo, "pearson_hi_iid_sets": hi, "lds_warm_lo_iid_subsets": nan, "lds_warm_hi_iid_subsets": nan}
         for col in (c for c in g.columns if c.endswith("_accuracy")):
             row[col] = float(g[col].mean())
         for col in ("noise_floor", "noise_floor_seed"):
             if col in g:
                 row[col] = float(np.sqrt(np.nanmean(g[col].to_numpy(float) ** 2))) if g[col].notna().any() else float("nan")
         d = lds_table[(lds_table.scenario == scenario) & (lds_table.method == method) & (lds_table.solver == solver)]
-        if len(d):
-            per_test = np.array([lds(t.pivot(index="subset_id", columns="test_id", values="predicted").to_numpy(),
-                                     t.pivot(index="subset_id", columns="test_id", values="actual").to_numpy())[1]
-                                 for _, t in d.groupby("seed")]).reshape(-1)
-            row["lds"] = float(np.nanmean(per_test))
-            row["lds_lo"], row["lds_hi"] = bootstrap_interval(lambda idx, v=per_test: float(np.nanmean(v[idx])), len(per_test), n_boot, seed)
+        for kind, column in (("warm", "actual"), ("cold", "actual_cold")):
+            per_test = _pooled_lds(d, column)
+            row[f"lds_{kind}"] = float(np.nanmean(per_test)) if np.isfinite(per_test).any() else nan
+            row[f"lds_{kind}_lo"], row[f"lds_{kind}_hi"] = bootstrap_cluster_mean(per_test, n_boot, seed) if len(per_test) else (nan, nan)
         rows.append(row)
     out = pd.concat([per_seed.astype({"seed": str}), pd.DataFrame(rows)], ignore_index=True)
     return out[list(per_seed.columns)]

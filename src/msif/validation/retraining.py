@@ -90,14 +90,22 @@ def retrain_both_stages(pt: PretrainObjective, pt_params: torch.Tensor, ft: Fine
 
 
 def retrain_from_scratch(pt: PretrainObjective, ft: FinetuneObjective, init: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                         test: Split, grad_tol: float, max_iter: int, newton_steps: int = 8) -> Retrained:
-    """Train both stages on the *full* data from a fresh initialisation ``init = (w, u, θ)``.
+                         test: Split, grad_tol: float, max_iter: int, newton_steps: int = 8,
+                         removed: list[int] | None = None) -> Retrained:
+    """Train both stages from a fresh initialisation ``init = (w, u, θ)``, on the full data or without ``removed``.
 
-    The cold-start noise floor (method.md, "Retraining noise floor ... under another seed"): the same
-    objectives as the run, another seed's starting point, so the test losses show how far apart two
-    equally valid trainings land — the spread a removal effect has to exceed to mean anything.
+    Full data: the cold-start noise floor (method.md, "Retraining noise floor ... under another seed"): the
+    same objectives as the run, another seed's starting point, so the test losses show how far apart two
+    equally valid trainings land — the spread a removal effect has to exceed to mean anything. With
+    ``removed`` (row indices, weighted 0 with the denominator kept at n, as in :func:`retrain_both_stages`):
+    one cold-start LDS retrain (validation.md, ``lds_cold``), ``min L_pt(w, u; 1_{i∉removed})`` from ``(w, u)``,
+    then ``min L_ft(θ[, W]; W_pt)`` from ``θ``.
     """
     w, u, theta = init
+    if removed:
+        weights = torch.ones(pt.n, dtype=w.dtype, device=w.device)
+        weights[torch.as_tensor(removed, device=weights.device)] = 0.0
+        pt = PretrainObjective(pt.model, pt.data, pt.l2, weights)
     new_pt = minimize(pt, torch.cat([w, u]), grad_tol=grad_tol, max_iter=max_iter, newton_steps=newton_steps)
     w_pt = new_pt.params[: pt.p_w]
     new_ft_obj = FinetuneObjective(ft.model, ft.data, ft.l2, w_pt, ft.scenario, ft.alpha)

@@ -72,3 +72,15 @@ def test_clustered_interval_covers_at_its_nominal_rate_and_the_set_interval_does
         covered_sets += lo <= truth <= hi
     assert covered_cluster / n_data >= 0.85, covered_cluster / n_data
     assert covered_sets / n_data <= 0.75, covered_sets / n_data
+
+
+def test_report_says_how_much_wider_the_intervals_became():
+    import pandas as pd
+
+    from msif.report.page import interval_widening
+
+    summary = pd.DataFrame({"pearson_lo": [0.5, 0.7, np.nan], "pearson_hi": [0.9, 0.8, np.nan], "pearson_lo_iid_sets": [0.6, 0.73, 0.1],
+                            "pearson_hi_iid_sets": [0.8, 0.77, 0.2]})  # ratios 2 and 2.5; a row without interval is left out
+    text = interval_widening(summary)
+    assert "2.25× as wide" in text and "median over 2 rows; range 2.00–2.50" in text
+    assert interval_widening(summary.drop(columns=["pearson_lo_iid_sets"])) == ""

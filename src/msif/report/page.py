@@ -99,9 +99,10 @@ def interval_widening(summary: pd.DataFrame) -> str:
     if not len(ratio):
         return ""
     return (f"<p>The intervals resample test examples (clusters: the sets of one test example are nested and share its quirks); the "
-            f"old intervals over removal sets, kept as <code>pearson_lo_iid_sets</code>/<code>pearson_hi_iid_sets</code>, were too "
-            f"narrow: these are {np.median(ratio):.2f}× as wide (median over {len(ratio)} rows; range {ratio.min():.2f}–"
-            f"{ratio.max():.2f}).</p>")
+            f"old intervals, which resample removal sets as if independent, are kept as <code>pearson_lo_iid_sets</code>/"
+            f"<code>pearson_hi_iid_sets</code>. The new Pearson intervals are {np.median(ratio):.2f}× as wide as the old ones (median "
+            f"over {len(ratio)} rows; range {ratio.min():.2f}–{ratio.max():.2f}). With few test examples (influence.n_test) an "
+            "interval over them is itself rough and under-covers (docs/validation.md).</p>")
 
 
 def lds_figure(lds_table: pd.DataFrame, solver: str, per_scenario: int = 3) -> str:

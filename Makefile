@@ -126,6 +126,17 @@ paper: setup
 docs: $(VENV)/.installed
 	$(PY) -m msif.report.benchmarks --results results/bench --out docs/benchmarks.md
 
+# The CUDA path, on a machine with a GPU (about 8 min on one): the cuda tests, then the scale config's influence rules on the
+# CPU and again on CUDA from the same trained optima; the scores must agree to float32 precision. Writes
+# results/bench/gpu.csv (per-rule wall seconds on each device, and each scores file's relative difference) and gpu.json.
+# Needs a CUDA torch: make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128" (on a fresh venv).
+# GPU_ARGS e.g. "--config config/config.yaml"; see `python -m msif.bench.gpu_check --help`.
+GPU_ARGS ?=
+.PHONY: gpu-check
+gpu-check: setup data-apt
+	$(PY) -m pytest -m cuda -q tests/test_cuda.py
+	$(PY) -m msif.bench.gpu_check --out results/bench $(GPU_ARGS)
+
 # Where a run's time goes (not a test): the default workflow, then the tiny one, each run as `make run` runs it but in
 # a fresh folder of its own (results/bench/run_time/<run>/; results/<run> is neither read nor touched), then
 # results/bench/run_time.csv (+ .json): per rule the jobs, wall and CPU seconds, start-up seconds, the whole run's wall

@@ -17,15 +17,15 @@ it is not a workflow config). The protocol, after dattri (Deng et al. 2024; ``TR
 - LDS as dattri defines it (``dattri.metric.lds``): per test example, the Spearman correlation across subsets
   between the summed attributions of S_j's members and the negated ground truth; the mean over test examples
   (:func:`dattri_lds`; equal to msif's :func:`msif.validation.metrics.lds` of the removal-effect prediction,
-  Σ_{i∉S_j} score[t, i], against ``actual``); interval: percentile bootstrap over subsets
-  (:func:`msif.validation.metrics.bootstrap_lds`);
+  Σ_{i∉S_j} score[t, i], against ``actual``); interval: percentile bootstrap of that mean over test examples
+  (:func:`msif.validation.metrics.bootstrap_interval`);
 - attributors, on the model trained on the whole training set with the first seed: msif's ``exact`` / ``cg`` /
   ``ekfac`` solves of ``(H + λI)`` (H: Hessian of the mean loss + L2) and ``tracin`` (the gradient inner product at
   the trained point), and dattri's IF-explicit / IF-CG / IF-EKFAC / TracIn (one checkpoint) / TRAK (one
   checkpoint) from ``.venv-peers`` (:mod:`msif.bench.peers.dattri_lds`), every influence function with the same δ.
 
 Columns of ``lds_protocol.csv`` (:data:`COLUMNS`): model, family, method, library, lds, lds_lo, lds_hi (95 %
-interval), time_s (the attributor's whole call, fit included), peak_mib, n_subsets, seeds, n_train, n_test,
+interval over test examples), time_s (the attributor's whole call, fit included), peak_mib, n_subsets, seeds, n_train, n_test,
 damping (δ given to the solver), notes (a skipped or failed row says why).
 """
 
@@ -65,7 +65,7 @@ from msif.core.solvers import solve
 from msif.core.stage import Block, Stage
 from msif.experiments.datasets import load_mnist5k
 from msif.task.training import minimize
-from msif.validation.metrics import bootstrap_lds, lds_predictions, lds_subsets
+from msif.validation.metrics import bootstrap_interval, lds_subsets
 
 log = logging.getLogger("msif.bench.lds_protocol")
 
@@ -338,9 +338,11 @@ def dattri_lds(scores: torch.Tensor, subsets: list[list[int]], actual: np.ndarra
 
 
 def evaluate(scores: torch.Tensor, subsets: list[list[int]], actual: np.ndarray, n_boot: int, seed: int) -> dict:
-    """LDS (dattri's definition) and its 95 % percentile-bootstrap interval over subsets."""
-    value, _ = dattri_lds(scores, subsets, actual)
-    lo, hi = bootstrap_lds(lds_predictions(scores, subsets), actual, n_boot, seed)
+    """LDS (dattri's definition: the mean over test examples of per-test Spearman correlations) and the 95 % percentile
+    bootstrap interval of that mean over test examples. (Resampling *subsets* with replacement ties ranks and biases
+    every resampled Spearman low: on the LR problem that interval excludes the LDS itself.)"""
+    value, per_test = dattri_lds(scores, subsets, actual)
+    lo, hi = bootstrap_interval(lambda idx: float(np.nanmean(per_test[idx])), len(per_test), n_boot, seed)
     return {"lds": value, "lds_lo": lo, "lds_hi": hi}
 
 
@@ -405,7 +407,7 @@ def run_model(name: str, m: dict, config: dict, data: dict, cache: Path, full_mo
 
 
 def figure(df: pd.DataFrame, path: Path) -> None:
-    """One panel per model: LDS with its interval per method, msif and dattri side by side."""
+    """One panel per model: LDS with its interval (over test examples) per method, msif and dattri side by side."""
     models = list(dict.fromkeys(df.model))
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
     colours = {"msif": "tab:blue", "dattri": "tab:orange"}
@@ -420,7 +422,7 @@ def figure(df: pd.DataFrame, path: Path) -> None:
             err = np.abs(np.stack([v - dl.loc[got, "lds_lo"].to_numpy(float), dl.loc[got, "lds_hi"].to_numpy(float) - v]))
             ax.bar(xs, v, width=0.38, color=colours[lib], label=lib, yerr=err if len(v) else None, capsize=3)
         ax.set_xticks(range(len(methods)), methods)
-        ax.set(title=f"MNIST-5k, {name}: LDS (95 % interval over subsets)", ylabel="LDS", ylim=(min(0, float(d.lds.min(skipna=True) or 0)), 1))
+        ax.set(title=f"MNIST-5k, {name}: LDS (95 % interval over test examples)", ylabel="LDS", ylim=(min(0, float(d.lds.min(skipna=True) or 0)), 1))
         ax.axhline(0, color="k", lw=0.6)
         ax.legend()
     fig.tight_layout()
@@ -487,7 +489,7 @@ def markdown(df: pd.DataFrame, meta: dict) -> str:
         markdown_table(show[cols]),
         "Differences from dattri's original protocol:\n\n" + "\n".join(f"- {d}" for d in differences(meta)),
         f"This protocol: {protocol}. Split: {meta.get('split', '')}. LDS as `dattri.metric.lds`; the interval is a "
-        "percentile bootstrap over subsets. dattri's rows use the same δ as msif's and no search over it.",
+        "percentile bootstrap of the mean over test examples. dattri's rows use the same δ as msif's and no search over it.",
         f"### dattri's published values for its original setting ([figure]({DATTRI_FIGURE}))",
         f"{DATTRI_SETTINGS} The values below are bar heights read off that figure (±0.01), not numbers printed in the source; "
         f"the one LDS printed in dattri's text is the example output of its experiments README ([link]({DATTRI_EXAMPLE})): "

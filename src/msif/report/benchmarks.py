@@ -68,7 +68,7 @@ SOURCES = (
            "machine's load average before, during and after its run.", ("run_time.json",)),
     Source("lds_protocol.md", "dattri's MNIST LDS protocol: msif beside dattri on the same ground truth", "bench-lds",
            "dattri's MNIST+LR / MNIST+MLP benchmark (Deng et al. 2024) on MNIST-5k, which ships offline: the LDS (dattri's "
-           "definition, 95 % bootstrap interval over subsets) of msif's exact / CG / EK-FAC influence and grad-dot and of "
+           "definition, 95 % bootstrap interval over test examples) of msif's exact / CG / EK-FAC influence and grad-dot and of "
            "dattri's IF-explicit / IF-CG / IF-EKFAC / TracIn / TRAK, all scored against one retrained ground truth (half-size "
            "subsets, fresh initialisations averaged over seeds), with each attributor's time in the same run; then dattri's "
            "published values for its original setting, with their source, and how the two protocols differ "

@@ -124,7 +124,7 @@ paper: setup
 # run the benchmarks you want (make bench, bench-scale, bench-peers, bench-peers-cnn, bench-lds) first.
 .PHONY: docs
 docs: $(VENV)/.installed
-	$(PY) -m msif.report.benchmarks --results results/bench --out docs/benchmarks.md
+	$(PY) -m msif.report.benchmarks --results results/bench --out docs/benchmarks.md --readme README.md
 
 # The CUDA path, on a machine with a GPU (about 8 min on one): the cuda tests, then the scale config's influence rules on the
 # CPU and again on CUDA from the same trained optima; the scores must agree to float32 precision. Writes

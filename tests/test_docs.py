@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -181,3 +182,32 @@ def test_the_committed_benchmarks_page_is_generated():
 
 def test_makefile_has_the_docs_target():
     assert re.search(r"^docs: .*\n\t\$\(PY\) -m msif\.report\.benchmarks ", (ROOT / "Makefile").read_text(), flags=re.M)
+
+
+def test_readme_run_time_line_is_written_from_run_time_csv(tmp_path):
+    results = tmp_path / "bench"
+    results.mkdir()
+    (results / "run_time.csv").write_text(
+        "config,rule,jobs,wall_s,wall_source,cpu_time_s,cpu_s,startup_s,startup_mean_s,dynamo_jobs,utilisation,cores,load_before,"
+        "load_mean,load_after\n"
+        "default,(run),109,512.4,run,600,700.2,300,,,0.7,2,0.1,2.02,0.3\n"
+        "tiny,(run),41,55.0,run,60,70,30,,,0.6,2,0.1,1.5,0.3\n")
+    (results / "run_time.json").write_text(json.dumps({"commit": "abc1234 (default), abc1234 (tiny)", "runs": [
+        {"config": "config/config.yaml", "finished": "2026-12-01T16:00:00+00:00"},
+        {"config": ".test/config/config.yaml", "finished": "2026-12-01T16:05:00+00:00"}]}))
+    readme = tmp_path / "README.md"
+    start, end = benchmarks.README_MARKS
+    readme.write_text(f"# x\n\n{start}\nold line\n{end}\n\nafter\n")
+    assert benchmarks.update_readme(readme, results)
+    text = readme.read_text()
+    assert "old line" not in text and text.endswith(f"{end}\n\nafter\n")
+    assert "on 2026-12-01 at commit abc1234: the default workflow took 512 s on 2 CPU cores (109 jobs, 700 CPU-seconds" in text
+    assert "load average 2.0 during the run" in text
+    assert not benchmarks.update_readme(readme, results)  # a second run changes nothing
+
+
+def test_the_readme_carries_the_run_time_marks():
+    text = (ROOT / "README.md").read_text()
+    start, end = benchmarks.README_MARKS
+    assert text.count(start) == 1 and text.count(end) == 1
+    assert "Measured by `make bench-run` on " in text.split(start, 1)[1].split(end, 1)[0]

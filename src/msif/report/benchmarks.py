@@ -173,15 +173,55 @@ def render(results: Path, repo: Path, out: Path | None = None) -> str:
     return "\n".join([intro, *(section(s, results) for s in SOURCES)])
 
 
+README_MARKS = ("<!-- run-time: written by make docs from results/bench/run_time.csv -->", "<!-- /run-time -->")
+
+
+def run_time_quote(results: Path) -> str | None:
+    """The README's line on how long ``make run`` takes: the default config's ``(run)`` row of ``run_time.csv`` with
+    its date, commit and load (``run_time.json``); None when there is no such row."""
+    try:
+        table = pd.read_csv(results / "run_time.csv")
+        meta = json.loads((results / "run_time.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rows = table[(table["rule"] == "(run)") & (table["config"] != "tiny")]
+    run = next((r for r in meta.get("runs", []) if not str(r.get("config", "")).startswith(".test")), {})
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    date = str(run.get("finished", ""))[:10] or written(results / "run_time.csv")[:10]
+    commit = str(meta.get("commit", "unknown")).split(" ")[0]
+    return (f"Measured by `make bench-run` on {date} at commit {commit}: the default workflow took {row.wall_s:.0f} s on "
+            f"{int(row.cores)} CPU cores ({int(row.jobs)} jobs, {row.cpu_s:.0f} CPU-seconds of jobs, load average "
+            f"{row.load_mean:.1f} during the run); setup on a fresh machine adds about a minute. Per rule: "
+            "[docs/benchmarks.md](docs/benchmarks.md#where-a-workflow-runs-time-goes).")
+
+
+def update_readme(readme: Path, results: Path) -> bool:
+    """Replace the text between :data:`README_MARKS` in ``readme`` by :func:`run_time_quote`; False if unchanged."""
+    text, quote = readme.read_text(), run_time_quote(results)
+    start, end = README_MARKS
+    if quote is None or start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    new = f"{head}{start}\n{quote}\n{end}{rest.split(end, 1)[1]}"
+    if new != text:
+        io.write_text(readme, new)
+    return new != text
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog=GENERATOR, description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results/bench", help="folder of the benchmark files (default: results/bench)")
     p.add_argument("--out", default="docs/benchmarks.md", help="page to write (default: docs/benchmarks.md)")
     p.add_argument("--repo", default=".", help="git checkout whose commit stamps the page (default: .)")
+    p.add_argument("--readme", default=None, help="also rewrite this README's run-time line (between its run-time marks)")
     args = p.parse_args(argv)
     out = Path(args.out)
     text = render(Path(args.results), Path(args.repo), out)
     io.write_text(out, text)
+    if args.readme and update_readme(Path(args.readme), Path(args.results)):
+        print(f"updated the run-time line of {args.readme}")
     missing = sum(line.startswith("Not yet measured") for line in text.splitlines())
     print(f"wrote {out}: {len(SOURCES) - missing} of {len(SOURCES)} benchmark files found under {args.results}")
 

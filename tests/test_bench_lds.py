@@ -105,3 +105,15 @@ def test_ground_truth_is_cached(smoke, monkeypatch):
     m = {**m, "seeds": [5]}  # another seed: another ground truth, retrained
     lp.ground_truth("lr", m, config, lp.split(config), out / "lds_protocol" / "smoke" / "lr")
     assert len(calls) == 8
+
+
+def test_sgd_training_is_a_function_of_its_seed():
+    """The MLP's dropout masks come from the model's seed: the same seed gives the same model whatever ran before."""
+    m = lp.load_protocol(CONFIG, smoke=True)["models"]["mlp"]
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 12, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    a = lp.ParamSpec.flatten(lp.train(m, x, y, seed=3))
+    torch.rand(5)  # the global generator moves on
+    assert torch.equal(a, lp.ParamSpec.flatten(lp.train(m, x, y, seed=3)))
+    assert not torch.equal(a, lp.ParamSpec.flatten(lp.train(m, x, y, seed=4)))
+

@@ -216,13 +216,15 @@ def train(m: dict, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
     opt = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t.get("momentum", 0.0), weight_decay=m["l2"])
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(t["epochs"]):
-        perm = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), t["batch_size"]):
-            idx = perm[i : i + t["batch_size"]]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+    with torch.random.fork_rng():  # the dropout masks too come from ``seed``, not from whatever ran before
+        torch.manual_seed(seed + 1)
+        for _ in range(t["epochs"]):
+            perm = torch.randperm(len(y), generator=gen)
+            for i in range(0, len(y), t["batch_size"]):
+                idx = perm[i : i + t["batch_size"]]
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
     return model.eval()
 
 
@@ -246,7 +248,8 @@ def ground_truth(name: str, m: dict, config: dict, data: dict, cache: Path) -> t
     n = len(data["y_train"])
     subsets = lds_subsets(n, config["fraction"], m["n_subsets"], config["seed"])
     key = json.dumps({"seed": config["seed"], "fraction": config["fraction"], "train_ids": data["train_ids"].tolist(),
-                      "test_ids": data["test_ids"][: m["n_test"]].tolist(), **{k: m.get(k) for k in TRUTH_KEYS}}, sort_keys=True)
+                      "test_ids": data["test_ids"][: m["n_test"]].tolist(), **{k: m.get(k) for k in TRUTH_KEYS},
+                      **({"dropout_masks": "seeded"} if m["train"]["optimizer"] == "sgd" else {})}, sort_keys=True)
     path = cache / "ground_truth.pt"
     stored = torch.load(path, weights_only=False) if path.exists() else None
     losses = stored["losses"] if stored is not None and stored["key"] == key else torch.full(

@@ -93,6 +93,30 @@ def test_more_chord_steps_converge_to_retraining(problem):
         torch.testing.assert_close(est[30].predict(weights).delta, pred.delta, rtol=0, atol=0)
 
 
+def test_a_step_that_does_not_contract_is_rejected(problem):
+    """Removing pretraining example 3 outright (an outlier of the 24) takes the chord out of its convergence region
+    (without the safeguard its step norms go 0.51, …, 0.098 at step 6, …, 1.6 at step 11). Allowed 30 steps, the
+    chord stops at the first step not shorter than the one before: its accepted steps shrink, the rejected one is
+    counted, and the result is the chord run for exactly the accepted steps."""
+    from torch.func import grad
+
+    from msif.influence.group import chord_newton
+
+    data, model, pt, pt_params, fts = problem
+    solve = fts["fixed"][2][2].solve_pt
+    weights = torch.ones(len(data.pretrain), dtype=torch.float64)
+    weights[3] = 0.0
+    reweighted = PretrainObjective(model, data.pretrain, pt.l2, weights)
+    residual = grad(pt)(pt_params)
+    long = chord_newton(reweighted, pt_params, residual, solve, 30)
+    j = len(long.norms)
+    assert long.rejected and 2 <= j < 30 and long.evaluations == j + 1, long.norms
+    assert all(b < a for a, b in zip(long.norms, long.norms[1:], strict=False)), long.norms
+    exact = chord_newton(reweighted, pt_params, residual, solve, j)
+    assert not exact.rejected and exact.norms == long.norms
+    torch.testing.assert_close(long.x, exact.x, rtol=0, atol=0)
+
+
 def test_empty_set_predicts_zero(problem):
     """The trained point's residual gradient is subtracted: removing nothing predicts exactly no change."""
     for _, _, est in problem[4].values():
@@ -123,7 +147,7 @@ def test_tiny_run_scores_the_group_method_beside_first_order(tiny_run):
     1.10 vs 1.34); at the smallest k (2) its median |actual/predicted − 1| is smaller in both scenarios (measured A 0.03
     vs 0.23, B 0.16 vs 0.28). Scenario B's k = 5 sets cross a fold (retraining lands on a saddle, method.md), where the
     group estimator is not better (B's Pearson: group 0.956, first order 0.993). Cost per set ≤ 10× a first-order
-    score's (one test column), 4 gradients and 4 solves per set."""
+    score's (one test column), at most 4 gradients and 4 solves per set."""
     from msif import io
 
     res = tiny_run / "results/tiny"
@@ -137,6 +161,6 @@ def test_tiny_run_scores_the_group_method_beside_first_order(tiny_run):
         small = lambda rows: float((rows.actual / rows.predicted - 1).abs()[rows.k == rows.k.min()].median())  # noqa: E731
         assert small(group) < small(first), (scenario, small(group), small(first))
         meta = io.load_meta(res / f"seed0/influence/{scenario}/group.pt")
-        assert meta["cost"]["ratio"] <= 10 and meta["cost"]["gradients_per_set"] == meta["cost"]["solves_per_set"] == 4, meta["cost"]
+        assert meta["cost"]["ratio"] <= 10 and meta["cost"]["gradients_per_set"] == meta["cost"]["solves_per_set"] <= 4, meta["cost"]
     a_first, a_group = (summary.loc[("fixed", m, "exact")] for m in ("multi_stage", "multi_stage_group"))
     assert a_group.pearson > a_first.pearson and abs(a_group.slope - 1) < abs(a_first.slope - 1), (a_group, a_first)

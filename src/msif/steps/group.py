@@ -42,7 +42,7 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
     """``multi_stage_group``'s predicted Δ test loss for every removal set (its own test example) and every LDS subset (every
     test example): :class:`msif.influence.group.GroupEstimator` with the pretraining eigendecomposition (rule
     ``pretrain_hessian``) and the finetuning stage's, built here once. The sidecar records the cost per set beside a
-    first-order score's (``cost``) and how many sets' chords did not contract (``non_contracting``)."""
+    first-order score's (``cost``) and how many sets had a chord step rejected, not contracting (``non_contracting``)."""
     exp, pt, pt_params, ft, ft_params = load_stages(config, scenario, data_path, pretrain_path, finetune_path)
     inf = config["influence"]
     args, steps = solve_arguments(config), inf["group"]["steps"]
@@ -65,15 +65,16 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
     lds_pred = torch.stack([p.delta for p in lds_preds]) if lds_preds else torch.zeros(0, len(exp.test), dtype=torch.float64)
     per_set = sum(p.seconds for p in preds) / max(len(preds), 1)
     cost = {"seconds_per_set": per_set, "first_order_seconds_per_test": first / len(exp.test),
-            "ratio": per_set / (first / len(exp.test)), "gradients_per_set": 2 * steps, "solves_per_set": 2 * steps,
+            "ratio": per_set / (first / len(exp.test)), "gradients_per_set": sum(p.gradients for p in preds) / max(len(preds), 1),
+            "solves_per_set": sum(p.solves for p in preds) / max(len(preds), 1),
             "finetune_factor_seconds": ft_factor_seconds, "steps": steps}
     non_contracting = {"sets": sum(not p.contracting for p in preds), "lds_subsets": sum(not p.contracting for p in lds_preds)}
     log.info("group_predictions[%s]: %d sets, %d LDS subsets, %d chord steps per stage; %.2e s per set against %.2e s per "
              "first-order test column (x%.2g); chords not contracting: %s", scenario, len(sets), len(lds_preds), steps,
              per_set, cost["first_order_seconds_per_test"], cost["ratio"], non_contracting)
     if non_contracting["sets"] or non_contracting["lds_subsets"]:
-        log.warning("group_predictions[%s]: chord steps did not contract for %s: those removals left the quadratic regime "
-                    "of the trained optimum (their predictions are far from converged)", scenario, non_contracting)
+        log.warning("group_predictions[%s]: a chord step did not contract (rejected) for %s: those removals left the chord's "
+                    "convergence region (their predictions stop at the last contracting step)", scenario, non_contracting)
     io.save_tensors(out, {"sets": set_pred, "lds": lds_pred, "test_ids": exp.test.ids,
                           "set_contracting": torch.tensor([p.contracting for p in preds]),
                           "lds_contracting": torch.tensor([p.contracting for p in lds_preds], dtype=torch.bool)},

@@ -81,6 +81,8 @@ def test_smoke_writes_every_row_and_file(smoke):
     msif = df[df.library == "msif"]
     assert msif.lds.between(-1, 1).all() and (msif.lds_lo <= msif.lds + 1e-12).all() and (msif.lds <= msif.lds_hi + 1e-12).all()
     assert (df.n_subsets == 8).all() and (df.n_train == 200).all() and (df.n_test == 20).all()
+    mlp = msif[msif.model == "mlp"]  # two full-data models attributed, the LDS their average
+    assert (mlp.models == 2).all() and mlp.notes.str.contains("LDS per model").all()
     dattri = df[df.library == "dattri"]
     assert (dattri.lds.notna() | dattri.notes.str.startswith("skipped:")).all()  # run, or skipped with the reason
 

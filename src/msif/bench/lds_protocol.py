@@ -19,13 +19,15 @@ it is not a workflow config). The protocol, after dattri (Deng et al. 2024; ``TR
   (:func:`dattri_lds`; equal to msif's :func:`msif.validation.metrics.lds` of the removal-effect prediction,
   Σ_{i∉S_j} score[t, i], against ``actual``); interval: percentile bootstrap of that mean over test examples
   (:func:`msif.validation.metrics.bootstrap_interval`);
-- attributors, on the model trained on the whole training set with the first seed: msif's ``exact`` / ``cg`` /
+- attributors, on the model trained on the whole training set under each of ``attribution_seeds`` (default: the
+  first of ``seeds``; the LDS is averaged over these models, the time is per model): msif's ``exact`` / ``cg`` /
   ``ekfac`` solves of ``(H + λI)`` (H: Hessian of the mean loss + L2) and ``tracin`` (the gradient inner product at
   the trained point), and dattri's IF-explicit / IF-CG / IF-EKFAC / TracIn (one checkpoint) / TRAK (one
   checkpoint) from ``.venv-peers`` (:mod:`msif.bench.peers.dattri_lds`), every influence function with the same δ.
 
 Columns of ``lds_protocol.csv`` (:data:`COLUMNS`): model, family, method, library, lds, lds_lo, lds_hi (95 %
-interval over test examples), time_s (the attributor's whole call, fit included), peak_mib, n_subsets, seeds, n_train, n_test,
+interval over test examples), time_s (the attributor's whole call on one model, fit included), peak_mib, n_subsets,
+seeds, models (full-data models attributed), n_train, n_test,
 damping (δ given to the solver), notes (a skipped or failed row says why).
 """
 
@@ -70,12 +72,13 @@ from msif.validation.metrics import bootstrap_interval, lds_subsets
 log = logging.getLogger("msif.bench.lds_protocol")
 
 COLUMNS = ["model", "family", "method", "library", "lds", "lds_lo", "lds_hi", "time_s", "peak_mib", "n_subsets", "seeds",
-           "n_train", "n_test", "damping", "notes"]
+           "models", "n_train", "n_test", "damping", "notes"]
 FAMILY = {"exact": "influence function", "cg": "influence function", "ekfac": "influence function",
           "tracin": "TracIn (grad-dot)", "trak": "TRAK"}
 MSIF_METHODS = ("exact", "cg", "ekfac", "tracin")
 TOP_KEYS = {"seed", "test_per_class", "train_per_class", "pool", "fraction", "n_boot", "threads", "batch_size", "models"}
-MODEL_KEYS = {"kind", "hidden", "dropout", "dtype", "l2", "train", "damping", "curvature", "n_test", "n_subsets", "seeds", "msif", "dattri",
+MODEL_KEYS = {"kind", "hidden", "dropout", "dtype", "l2", "train", "damping", "curvature", "n_test", "n_subsets", "seeds",
+              "attribution_seeds", "msif", "dattri",
               "cg", "dattri_cg_max_iter", "trak_proj_dim", "ekfac_batch"}
 # what the ground truth depends on (the cache key); the attributors' settings are not in it
 TRUTH_KEYS = ("kind", "hidden", "dropout", "dtype", "l2", "train", "n_test", "n_subsets", "seeds")
@@ -340,13 +343,15 @@ def dattri_lds(scores: torch.Tensor, subsets: list[list[int]], actual: np.ndarra
     return float(np.nanmean(per_test)), per_test
 
 
-def evaluate(scores: torch.Tensor, subsets: list[list[int]], actual: np.ndarray, n_boot: int, seed: int) -> dict:
-    """LDS (dattri's definition: the mean over test examples of per-test Spearman correlations) and the 95 % percentile
-    bootstrap interval of that mean over test examples. (Resampling *subsets* with replacement ties ranks and biases
-    every resampled Spearman low: on the LR problem that interval excludes the LDS itself.)"""
-    value, per_test = dattri_lds(scores, subsets, actual)
-    lo, hi = bootstrap_interval(lambda idx: float(np.nanmean(per_test[idx])), len(per_test), n_boot, seed)
-    return {"lds": value, "lds_lo": lo, "lds_hi": hi}
+def summarise(per_test: list[np.ndarray], n_boot: int, seed: int) -> dict:
+    """LDS of one attributor over the attributed models: each model's per-test LDS (dattri's definition), averaged per
+    test example over the models; ``lds`` = their mean over test examples, with the 95 % percentile bootstrap interval of
+    that mean over test examples (resampling *subsets* with replacement ties ranks and biases every resampled Spearman
+    low: on the LR problem that interval excluded the LDS itself); ``lds_models``: each model's LDS."""
+    per_model = np.stack(per_test)  # (models, n_test)
+    mean = np.nanmean(per_model, axis=0)
+    lo, hi = bootstrap_interval(lambda idx: float(np.nanmean(mean[idx])), len(mean), n_boot, seed)
+    return {"lds": float(np.nanmean(mean)), "lds_lo": lo, "lds_hi": hi, "lds_models": [float(np.nanmean(v)) for v in per_model]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,14 +367,15 @@ def peers_skip_reason() -> str | None:
     return None
 
 
-def run_model(name: str, m: dict, config: dict, data: dict, cache: Path, full_model: nn.Module | None = None) -> list[dict]:
-    """Every attributor of one model on the same ground truth: one row each."""
+def run_model(name: str, m: dict, config: dict, data: dict, cache: Path) -> list[dict]:
+    """Every attributor of one model on the same ground truth: one row each, its LDS averaged over the full-data models
+    trained under ``attribution_seeds`` (default: the first of ``seeds``), its time per model."""
     subsets, actual = ground_truth(name, m, config, data, cache)
     x, y = data["x_train"].to(getattr(torch, m["dtype"])), data["y_train"]
     xq, yq = data["x_test"][: m["n_test"]].to(x.dtype), data["y_test"][: m["n_test"]]
-    model = full_model or train(m, x, y, _seed(config["seed"], 10**6, m["seeds"][0]))
-    acc = float((model(xq).argmax(1) == yq).double().mean())
-    log.info("%s: full model trained, test accuracy %.3f", name, acc)
+    models = [train(m, x, y, _seed(config["seed"], 10**6, s)) for s in m.get("attribution_seeds", m["seeds"][:1])]
+    acc = [float((model(xq).argmax(1) == yq).double().mean()) for model in models]
+    log.info("%s: %d full-data model(s) trained, test accuracy %s", name, len(models), acc)
     settings = Settings(cg_max_iter=m.get("dattri_cg_max_iter", 10), trak_proj_dim=m.get("trak_proj_dim", 512), seed=config["seed"])
     delta = m["l2"] + m["damping"]
     skip = peers_skip_reason()
@@ -377,11 +383,11 @@ def run_model(name: str, m: dict, config: dict, data: dict, cache: Path, full_mo
     jobs = [("msif", meth) for meth in m.get("msif", [])] + [("dattri", meth) for meth in m.get("dattri", [])]
     settle()
     torch.linalg.eigh(torch.eye(8, dtype=x.dtype))  # LAPACK's first call is not the first job's cost
-    msif_scores(model, m, (x[:4], y[:4]), (xq[:2], yq[:2]), "tracin", 4)
+    msif_scores(models[0], m, (x[:4], y[:4]), (xq[:2], yq[:2]), "tracin", 4)
     for library, method in jobs:
         row = {"model": name, "family": FAMILY[method], "method": method, "library": library, "n_subsets": len(subsets),
-               "seeds": len(m["seeds"]), "n_train": len(y), "n_test": len(yq), "damping": m["damping"] if library == "msif" else delta,
-               "notes": ""}
+               "seeds": len(m["seeds"]), "models": len(models), "n_train": len(y), "n_test": len(yq),
+               "damping": m["damping"] if library == "msif" else delta, "notes": ""}
         if method in ("tracin", "trak"):
             row["damping"] = math.nan
         if library == "dattri" and skip:
@@ -389,19 +395,27 @@ def run_model(name: str, m: dict, config: dict, data: dict, cache: Path, full_mo
             rows.append(row)
             continue
         try:
-            with measured() as meas:
-                if library == "msif":
-                    scores, row["notes"] = msif_scores(model, m, (x, y), (xq, yq), method, config["batch_size"])
-                else:
-                    scores, row["notes"] = dattri_adapter.run(model, (x, y), (xq, yq), method, delta, settings)
-            row.update(evaluate(scores, subsets, actual, config["n_boot"], config["seed"]), time_s=meas["seconds"],
-                       peak_mib=meas["peak_mib"])
+            per_test, seconds, peak = [], [], []
+            for model in models:
+                with measured() as meas:
+                    if library == "msif":
+                        scores, row["notes"] = msif_scores(model, m, (x, y), (xq, yq), method, config["batch_size"])
+                    else:
+                        scores, row["notes"] = dattri_adapter.run(model, (x, y), (xq, yq), method, delta, settings)
+                per_test.append(dattri_lds(scores, subsets, actual)[1])
+                seconds.append(meas["seconds"])
+                peak.append(meas["peak_mib"])
+            summary = summarise(per_test, config["n_boot"], config["seed"])
+            if len(models) > 1:
+                row["notes"] += "; LDS per model " + " / ".join(f"{v:.3f}" for v in summary["lds_models"])
+            row.update(lds=summary["lds"], lds_lo=summary["lds_lo"], lds_hi=summary["lds_hi"], time_s=float(np.mean(seconds)),
+                       peak_mib=float(np.nanmax(peak)) if np.isfinite(peak).any() else math.nan)
         except Exception as err:  # a failing attributor is a result, not a crash
             log.warning("%s %s on %s failed:\n%s", library, method, name, traceback.format_exc())
             row["notes"] = f"failed: {type(err).__name__}: {str(err)[:200]}"
         log.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
         rows.append(row)
-    rows[0]["notes"] += f"; full model's test accuracy {acc:.3f}"
+    rows[0]["notes"] += "; full-data models' test accuracy " + " / ".join(f"{a:.3f}" for a in acc)
     return rows
 
 
@@ -470,7 +484,8 @@ def differences(meta: dict) -> list[str]:
         out.append(f"{name}: {how}; {m['n_subsets']} subsets × {len(m['seeds'])} seeds against 100 × 1; {m['n_test']} test "
                    f"examples against 500; one damping ({m['damping']:g}, dattri given δ = L2 + damping) against dattri's best of "
                    f"a grid chosen on the ground truth; dattri's CG {m.get('dattri_cg_max_iter', 10)} iterations as in its benchmark")
-    out.append("TracIn: one checkpoint (the trained model) against dattri's 10; TRAK: one checkpoint (TRAK-1) on the "
+    out.append("every attributor scores each full-data model trained under `attribution_seeds` (the LDS averaged over them) "
+               "against dattri's one model; TracIn: one checkpoint (the trained model) against dattri's 10; TRAK: one checkpoint (TRAK-1) on the "
                "full-data model against models trained on halves; LiSSA and Arnoldi not run")
     return out
 
@@ -478,7 +493,8 @@ def differences(meta: dict) -> list[str]:
 def markdown(df: pd.DataFrame, meta: dict) -> str:
     """The measured table, dattri's published values for its original setting, the protocol's differences."""
     show = df.assign(lds_95=[f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "" for lo, hi in zip(df.lds_lo, df.lds_hi, strict=True)])
-    cols = ["model", "family", "method", "library", "lds", "lds_95", "time_s", "n_subsets", "seeds", "n_train", "n_test", "damping", "notes"]
+    cols = ["model", "family", "method", "library", "lds", "lds_95", "time_s", "n_subsets", "seeds", "models", "n_train", "n_test",
+            "damping", "notes"]
     pub = pd.DataFrame([{"model": mdl, "dattri attributor": att, "published LDS (≈, read off the chart)": "not run (x)" if v is None else f"{v:.2f}"}
                         for (mdl, att), v in DATTRI_PUBLISHED.items()])
     models = meta.get("models", {})

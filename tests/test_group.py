@@ -164,3 +164,29 @@ def test_tiny_run_scores_the_group_method_beside_first_order(tiny_run):
         assert meta["cost"]["ratio"] <= 10 and meta["cost"]["gradients_per_set"] == meta["cost"]["solves_per_set"] <= 4, meta["cost"]
     a_first, a_group = (summary.loc[("fixed", m, "exact")] for m in ("multi_stage", "multi_stage_group"))
     assert a_group.pearson > a_first.pearson and abs(a_group.slope - 1) < abs(a_first.slope - 1), (a_group, a_first)
+
+
+def test_compare_scores_per_set_predictions_like_summed_scores():
+    """compare_tables: a method given per set (PerSet, as multi_stage_group is) whose predictions equal the summed scores
+    gets the very rows of the scores it equals — the same sets, actual effects, Pearson, slope and LDS."""
+    from msif.validation import metrics
+    from msif.validation.compare import PerSet, ScenarioInputs, compare_tables
+
+    gen = torch.Generator().manual_seed(0)
+    scores, test_ids = torch.randn(3, 20, generator=gen, dtype=torch.float64), torch.tensor([7, 8, 9])
+    sets = metrics.removal_sets(scores, [2, 4], ["top", "bottom", "random"], seed=0)
+    subsets = metrics.lds_subsets(20, 0.5, 10, seed=0)
+    rng = np.random.default_rng(0)
+    retrain = pd.DataFrame({"set_id": [s["set_id"] for s in sets], "actual": rng.normal(size=len(sets))})
+    lds = pd.DataFrame([{"subset_id": j, "test_index": t, "actual": rng.normal()} for j in range(10) for t in range(3)])
+    noise = pd.DataFrame({"kind": "warm", "actual": rng.normal(size=6)})
+    per_set = PerSet(metrics.predicted_effects(scores, sets), metrics.lds_predictions(scores, subsets))
+    inp = ScenarioInputs({("multi_stage", "exact"): (scores, test_ids)}, sets, retrain, noise, lds,
+                         set_predictions={("multi_stage_group", "exact"): (per_set, test_ids)})
+    lko, summary, lds_table = compare_tables({"fixed": inp}, subsets, n_boot=50, seed=0)
+    first, group = (lko[lko.method == m].drop(columns="method").reset_index(drop=True) for m in ("multi_stage", "multi_stage_group"))
+    pd.testing.assert_frame_equal(first, group)
+    rows = summary.set_index("method")
+    for col in ("pearson", "spearman", "slope", "lds_warm", "n_sets"):
+        assert rows.loc["multi_stage", col] == rows.loc["multi_stage_group", col], col
+    assert len(lds_table[lds_table.method == "multi_stage_group"]) == 30

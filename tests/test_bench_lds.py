@@ -15,7 +15,7 @@ from msif.bench import lds_protocol as lp
 from msif.experiments.datasets import DataMissingError
 from msif.validation.metrics import lds, lds_predictions, lds_subsets
 
-CONFIG = str(ROOT / "config/bench-lds.yaml")
+CONFIG = str(ROOT / "config/bench/lds-protocol.yaml")
 
 
 def test_dattri_lds_is_msif_lds_of_the_removal_effect():
@@ -55,7 +55,7 @@ def test_split_is_seeded_stratified_and_balanced_in_every_prefix(data):
 
 def test_config_keys_are_checked(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "config/bench-lds.yaml").read_text().replace("n_boot:", "n_bootstrap:"))
+    bad.write_text((ROOT / "config/bench/lds-protocol.yaml").read_text().replace("n_boot:", "n_bootstrap:"))
     with pytest.raises(ValueError, match="n_bootstrap"):
         lp.load_protocol(str(bad))
 

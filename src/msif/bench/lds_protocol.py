@@ -3,7 +3,7 @@ same retrained ground truth: ``python -m msif.bench.lds_protocol`` (``make bench
 
 Not a test: it writes ``lds_protocol.csv``, ``.md``, ``.png`` and ``.json`` in ``--out`` (default ``results/bench``),
 and caches the retrained ground truth in ``<out>/lds_protocol/<model>/`` (a rerun with the same settings retrains
-nothing). Settings: ``config/bench-lds.yaml``, read by this module alone (:func:`load_protocol` checks its keys;
+nothing). Settings: ``config/bench/lds-protocol.yaml``, read by this module alone (:func:`load_protocol` checks its keys;
 it is not a workflow config). The protocol, after dattri (Deng et al. 2024; ``TRAIS-Lab/dattri``: its
 ``dattri/benchmark`` MNIST settings, ``dattri/model_util/retrain.py::retrain_lds``, ``dattri/metric``):
 
@@ -106,7 +106,7 @@ DATTRI_SETTINGS = ("dattri's MNIST-10 benchmark (its code at the same commit): 5
 
 
 def load_protocol(path: str, smoke: bool = False) -> dict:
-    """The protocol file (``config/bench-lds.yaml``), its keys checked; ``smoke`` shrinks it to seconds."""
+    """The protocol file (``config/bench/lds-protocol.yaml``), its keys checked; ``smoke`` shrinks it to seconds."""
     config = yaml.safe_load(Path(path).read_text())
     unknown = set(config) - TOP_KEYS
     for name, m in config.get("models", {}).items():
@@ -519,7 +519,7 @@ def markdown(df: pd.DataFrame, meta: dict) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m msif.bench.lds_protocol", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="config/bench-lds.yaml")
+    p.add_argument("--config", default="config/bench/lds-protocol.yaml")
     p.add_argument("--out", default="results/bench", help="output folder (lds_protocol.{csv,md,png,json}; cache in lds_protocol/)")
     p.add_argument("--models", nargs="+", default=None, help="which of the config's models (default: all)")
     p.add_argument("--smoke", action="store_true", help="the protocol shrunk to seconds (cache in <out>/lds_protocol/smoke)")

@@ -164,6 +164,8 @@ def test_tiny_run_scores_the_group_method_beside_first_order(tiny_run):
         assert meta["cost"]["ratio"] <= 10 and meta["cost"]["gradients_per_set"] == meta["cost"]["solves_per_set"] <= 4, meta["cost"]
     a_first, a_group = (summary.loc[("fixed", m, "exact")] for m in ("multi_stage", "multi_stage_group"))
     assert a_group.pearson > a_first.pearson and abs(a_group.slope - 1) < abs(a_first.slope - 1), (a_group, a_first)
+    page = (res / "report.html").read_text()
+    assert "<i>multi_stage_group</i> is not a baseline" in page  # the report says what the extra row is
 
 
 def test_compare_scores_per_set_predictions_like_summed_scores():

@@ -364,7 +364,10 @@ def baselines_section(summary: pd.DataFrame) -> str:
     return ("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
             "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
             "gradient dot product, no Hessian; <i>representation</i>: cosine similarity of pretrained features; <i>random</i>. "
-            "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
+            + ("<i>multi_stage_group</i> is not a baseline: multi-stage influence beyond first order (chord-Newton steps through "
+               "both stages on each set, influence.group), scored on the same sets. " if (summary.method == "multi_stage_group").any()
+               else "")
+            + "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
             "is the fair comparison.</p>" + methods_figure(summary)
             + table(_summary_view(summary.sort_values(["scenario", "lds_warm", "pearson"], ascending=[True, False, False]))))
 

@@ -97,12 +97,18 @@ def run(pb: PeerProblem, s: Settings, method: str, tmp: Path):
         att, note = _influence_function(task, pb, s, method, reg)
     # dattri vmaps LiSSA over a test batch, each query with its own sampled recursion (20 at once need > 20 GB): one query per batch
     train, query = loader(pb.x_train, pb.y_train, pb.n), loader(pb.x_query, pb.y_query, 1 if method == "lissa" else len(pb.y_query))
+    return attribute(att, method, train, query), score_scale(method), "train_test", reg, note
+
+
+def attribute(att, method: str, train, query):
+    """dattri's raw (n_train, n_query) attribution of ``query`` against ``train``: TracIn attributes directly, TRAK
+    caches the training set then attributes the queries alone, the influence functions cache then attribute both."""
     if method == "tracin":
-        raw = att.attribute(train, query)
-    elif method == "trak":
-        att.cache(train)
-        raw = att.attribute(query)
-    else:
-        att.cache(train)
-        raw = att.attribute(train, query)
-    return raw, {"tracin": "grad_dot", "trak": "trak"}.get(method, "inner"), "train_test", reg, note
+        return att.attribute(train, query)
+    att.cache(train)
+    return att.attribute(query) if method == "trak" else att.attribute(train, query)
+
+
+def score_scale(method: str) -> str:
+    """How :func:`to_removal_effect` reads dattri's raw scores of ``method``."""
+    return {"tracin": "grad_dot", "trak": "trak"}.get(method, "inner")

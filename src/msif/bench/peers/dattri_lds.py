@@ -18,7 +18,7 @@ from torch import nn
 
 from msif.bench.peers.align import PeerProblem, to_removal_effect
 from msif.bench.peers.common import Settings, default_dtype, loader, require
-from msif.bench.peers.dattri import _attribution_method, _influence_function, _task
+from msif.bench.peers.dattri import _attribution_method, _influence_function, _task, attribute, score_scale
 
 METHODS = ("exact", "cg", "ekfac", "tracin", "trak")
 
@@ -45,14 +45,5 @@ def run(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[
             att, note = _influence_function(task, pb, settings, method, delta)
             if method == "cg":
                 note = f"mean loss, δ = {delta:g}, max_iter {settings.cg_max_iter} (dattri's CG has no stopping rule)"
-        train_b, test_b = loader(x, y, len(y)), loader(xq, yq, len(yq))
-        if method == "tracin":
-            raw = att.attribute(train_b, test_b)
-        elif method == "trak":
-            att.cache(train_b)
-            raw = att.attribute(test_b)
-        else:
-            att.cache(train_b)
-            raw = att.attribute(train_b, test_b)
-    scale = {"tracin": "grad_dot", "trak": "trak"}.get(method, "inner")
-    return to_removal_effect(torch.as_tensor(raw), len(y), scale, "train_test"), note
+        raw = attribute(att, method, loader(x, y, len(y)), loader(xq, yq, len(yq)))
+    return to_removal_effect(torch.as_tensor(raw), len(y), score_scale(method), "train_test"), note

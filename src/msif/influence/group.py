@@ -26,7 +26,7 @@ import torch
 from torch.func import grad
 
 from msif.task.data import Split
-from msif.task.objectives import FinetuneObjective, PretrainObjective, finetune_losses
+from msif.task.objectives import FinetuneObjective, PretrainObjective, test_losses
 
 Solver = Callable[[torch.Tensor], torch.Tensor]  # b ↦ (C + λI)⁻¹ b, one stage's factorised curvature
 
@@ -59,12 +59,6 @@ def chord_newton(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.Te
     return Chord(x.detach(), norms, False, steps)
 
 
-def test_losses_at(ft: FinetuneObjective, params: torch.Tensor, test: Split) -> torch.Tensor:
-    """``f_t(x; W)`` of every test example at finetuning variables ``params`` under objective ``ft`` (its ``W_pt`` in A)."""
-    theta, w = ft.split(params)
-    return finetune_losses(ft.model, w, theta, test.x, test.y)
-
-
 @dataclass
 class GroupPrediction:
     """One set's prediction: ``delta`` (n_test,) = predicted Δ test loss; each stage's accepted step norms; ``gradients``
@@ -95,7 +89,7 @@ class GroupEstimator:
         self.solve_pt, self.solve_ft, self.steps = solve_pt, solve_ft, steps
         self.pt_residual = grad(pt)(pt_params).detach()
         self.ft_residual = grad(ft)(ft_params).detach()
-        self.base = test_losses_at(ft, ft_params, test).detach()
+        self.base = test_losses(ft, ft_params, test).detach()
 
     def predict(self, weights: torch.Tensor) -> GroupPrediction:
         """Predicted Δ test losses when pretraining reweights its examples by ``weights`` (0 = removed, denominator n)."""
@@ -106,7 +100,7 @@ class GroupEstimator:
         new_ft = FinetuneObjective(ft.model, ft.data, ft.l2, a.x[: pt.p_w], ft.scenario, ft.alpha)
         b = chord_newton(new_ft, self.ft_params, self.ft_residual, self.solve_ft, self.steps)
         with torch.no_grad():
-            delta = test_losses_at(new_ft, b.x, self.test) - self.base
+            delta = test_losses(new_ft, b.x, self.test) - self.base
         n = a.evaluations + b.evaluations
         return GroupPrediction(delta, a.norms, b.norms, n, n, time.perf_counter() - t0, not (a.rejected or b.rejected))
 

@@ -117,6 +117,12 @@ class FinetuneObjective:
         return value
 
 
+def test_losses(ft: FinetuneObjective, params: torch.Tensor, test: Split) -> torch.Tensor:
+    """``f_t(Θ, W)`` of every test example at finetuning variables ``params`` under ``ft`` (its ``W_pt`` when W is fixed)."""
+    theta, w = ft.split(params)
+    return finetune_losses(ft.model, w, theta, test.x, test.y)
+
+
 def stage_of(objective: PretrainObjective | FinetuneObjective) -> Stage:
     """An objective as a :class:`msif.core.stage.Stage`: ``L(θ) = 1/N Σ_i c_i ℓ(outputs(θ)_i, y_i) + r(θ)`` with its parameter blocks."""
     if isinstance(objective, PretrainObjective):

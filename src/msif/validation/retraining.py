@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from msif.task.data import Split
-from msif.task.objectives import FinetuneObjective, PretrainObjective, finetune_losses
+from msif.task.objectives import FinetuneObjective, PretrainObjective, test_losses
 from msif.task.training import SpectralPreconditioner, minimize, minimize_from_warm_start
 
 METHODS = ("lbfgs", "newton")
@@ -44,12 +44,6 @@ class Preconditioners:
            iters: int = 200) -> Preconditioners:
         """Lanczos (``iters`` Hessian-vector products) on ``∇²L_pt(θ_pt)`` and ``∇²L_ft(θ_ft; W_pt)``."""
         return cls(SpectralPreconditioner.of(pt, pt_params, iters), SpectralPreconditioner.of(ft, ft_params, iters))
-
-
-def test_losses(ft: FinetuneObjective, params: torch.Tensor, test: Split) -> torch.Tensor:
-    """``f_t`` for every test example at finetuning parameters ``params``."""
-    theta, w = ft.split(params)
-    return finetune_losses(ft.model, w, theta, test.x, test.y)
 
 
 def retrain_both_stages(pt: PretrainObjective, pt_params: torch.Tensor, ft: FinetuneObjective, ft_params: torch.Tensor,

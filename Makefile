@@ -102,6 +102,15 @@ LDS_ARGS ?=
 bench-lds: setup peers-setup
 	nice -n 10 $(PEERS_PY) -m msif.bench.lds_protocol --config config/bench/lds-protocol.yaml --out results/bench $(LDS_ARGS)
 
+# What faithfulness costs (not a test): every grid point of config/bench/tradeoff.yaml (pretraining L2 and objective, damping,
+# merged onto config/config.yaml) trained, scored exactly and validated by retraining: results/bench/tradeoff.{csv,json,png},
+# finetuned accuracy against leave-k-out Pearson and LDS. Each point is cached in results/bench/tradeoff/<point>/ (a rerun
+# recomputes only points whose settings changed). TRADEOFF_ARGS e.g. "--points default damping-1e-2" or "--smoke" (seconds).
+TRADEOFF_ARGS ?=
+.PHONY: bench-tradeoff
+bench-tradeoff: setup
+	nice -n 10 $(PY) -m msif.bench.tradeoff --config config/bench/tradeoff.yaml --out results/bench $(TRADEOFF_ARGS)
+
 # The same single-stage problem on the scale config's CNN (p = 102,042: no dense Hessian; the reference is a
 # float64 CG to 1e-6): results/bench/peers-cnn/peers.{csv,png,md}. dattri is left out: its CG needs more than
 # 24 GB on this model (the OOM killer stops it), like captum's Arnoldi.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,15 @@ class Source:
     about: str  # what the table answers
     meta: tuple[str, ...] = ()  # JSON sidecars with machine and settings (the first that exists), relative to the results folder
     fallback: str | None = None  # a CSV rendered when ``path`` (a markdown file) is missing or empty
+    figure: str | None = None  # a PNG the benchmark draws, relative to the results folder: copied beside the page, shown
+
+
+FIGURES = "figures"  # the folder beside the page that the sources' figures are copied into (committed with the page)
+
+
+def figure_file(source: Source) -> str:
+    """The name of ``source``'s figure in :data:`FIGURES` (its path under the results folder, ``/`` as ``-``)."""
+    return source.figure.replace("/", "-")
 
 
 SOURCES = (
@@ -74,6 +84,14 @@ SOURCES = (
            "published values for its original setting, with their source, and how the two protocols differ "
            "([validation.md](validation.md#dattris-mnist-lds-protocol-make-bench-lds)).",
            ("lds_protocol.json",), fallback="lds_protocol.csv"),
+    Source("tradeoff.csv", "What faithfulness costs: accuracy against Pearson and LDS over regularisation and damping",
+           "bench-tradeoff",
+           "Each grid point of `config/bench/tradeoff.yaml` (a partial config merged onto the default one: pretraining L2, "
+           "pretraining objective, damping) trained, scored with the exact multi-stage influence and validated by retraining "
+           "both stages: per scenario, the pretrained and finetuned test accuracy, the leave-k-out Pearson and slope over all "
+           "removal sets, the warm-start LDS; `default` marks the shipped default config; `seconds` / `cpu_seconds` per point "
+           "and seed, both scenarios together. The figure: Pearson and LDS against finetuned accuracy, the default circled red.",
+           ("tradeoff.json",), figure="tradeoff.png"),
 )
 
 
@@ -151,6 +169,8 @@ def section(source: Source, results: Path) -> str:
     meta = settings(results / sidecar) if sidecar else None
     if meta:
         lines.append(f"Settings ({sidecar}): {meta}.")
+    if source.figure and (results / source.figure).is_file():
+        lines.append(f"![{source.title}]({FIGURES}/{figure_file(source)})")
     if path.suffix == ".md":
         body = path.read_text().strip()
     else:
@@ -210,6 +230,18 @@ def update_readme(readme: Path, results: Path) -> bool:
     return new != text
 
 
+def copy_figures(results: Path, out: Path) -> list[Path]:
+    """Each source's figure that exists under ``results``, copied into :data:`FIGURES` beside the page ``out``."""
+    copied = []
+    for source in SOURCES:
+        if source.figure and (results / source.figure).is_file():
+            target = out.parent / FIGURES / figure_file(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(results / source.figure, target)
+            copied.append(target)
+    return copied
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog=GENERATOR, description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results/bench", help="folder of the benchmark files (default: results/bench)")
@@ -220,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     text = render(Path(args.results), Path(args.repo), out)
     io.write_text(out, text)
+    for figure in copy_figures(Path(args.results), out):
+        print(f"copied {figure}")
     if args.readme and update_readme(Path(args.readme), Path(args.results)):
         print(f"updated the run-time line of {args.readme}")
     missing = sum(line.startswith("Not yet measured") for line in text.splitlines())

@@ -49,7 +49,7 @@ def test_smoke_writes_the_table_with_real_numbers(smoke):
     _, out, df = smoke
     table = pd.read_csv(out / "tradeoff.csv")
     assert table.columns.tolist() == tradeoff.COLUMNS
-    pd.testing.assert_frame_equal(table, df, check_dtype=False)  # the CSV is the table main returns
+    pd.testing.assert_frame_equal(table.fillna({"shared_from": ""}), df, check_dtype=False)  # the CSV is the table main returns
     assert list(zip(table.point, table.scenario, strict=True)) == [("default", "fixed"), ("default", "updated"),
                                                                    ("damping-1e-2", "fixed"), ("damping-1e-2", "updated")]
     assert table.default.tolist() == [True, True, False, False]
@@ -61,7 +61,10 @@ def test_smoke_writes_the_table_with_real_numbers(smoke):
     assert (table.pearson > 0.5).all() and (table.pearson <= 1).all() and (table.slope > 0).all()
     assert (table.n_sets == 2 * 2 * 3).all() and (table.n_subsets == 8).all()
     assert (table.seconds > 0).all() and (table.cpu_seconds > 0).all()
-    # damping changes the scores only: the same trained models, other predictions
+    # damping changes the scores only: the damping point copies default's models and LDS retrains, and predicts otherwise
+    assert table.shared_from.fillna("").tolist() == ["", "", "default", "default"]
+    folder = out / "tradeoff/smoke"
+    assert (folder / "damping-1e-2/seed0/train/pretrain.pt").read_bytes() == (folder / "default/seed0/train/pretrain.pt").read_bytes()
     d, dd = table[table.point == "default"], table[table.point == "damping-1e-2"]
     np.testing.assert_array_equal(d.ft_test_accuracy.to_numpy(), dd.ft_test_accuracy.to_numpy())
     assert not np.allclose(d.slope.to_numpy(), dd.slope.to_numpy())
@@ -89,9 +92,20 @@ def test_a_changed_point_is_recomputed_alone(smoke, tmp_path):
     after = cached_files(copy)
     default = [p for p in before if "/default/" in str(p)]
     assert default and all(after[p] == before[p] for p in default)
-    assert all(after[p] != before[p] for p in before if "/damping-1e-2/" in str(p) and p in after)
+    point = copy / "tradeoff/smoke/damping-1e-2/seed0"
+    for p in ("result.json", "influence/fixed/scores.pt", "validation/updated/removal_sets.json", "validation/updated/retrain0.csv"):
+        assert after[point / p] != before[point / p], p  # rewritten (its models and LDS retrains are copied from default)
     pd.testing.assert_frame_equal(again[again.point == "default"], df[df.point == "default"])
     assert not np.allclose(again.slope[again.point != "default"], df.slope[df.point != "default"])
+
+
+def test_a_shared_point_measures_what_it_would_alone(smoke, tmp_path):
+    """The damping point without default before it trains its own models and retrains its own LDS subsets: the same numbers."""
+    config, _, df = smoke
+    alone = tradeoff.main(["--smoke", "--config", config, "--out", str(tmp_path), "--points", "damping-1e-2"])
+    assert alone.shared_from.tolist() == ["", ""]
+    cols = ["pt_test_accuracy", "ft_test_accuracy", "pearson", "slope", "lds_warm"]
+    np.testing.assert_allclose(alone[cols].to_numpy(), df[df.point == "damping-1e-2"][cols].to_numpy(), rtol=1e-9)
 
 
 @pytest.mark.parametrize("smoke, edit, message", [
@@ -121,7 +135,13 @@ def test_the_shipped_settings_load_and_hold_the_default():
     assert base["influence"]["damping"] == 0.0 and base["influence"]["solvers"] == ["exact"]
     key = tradeoff.cache_key({**base, "seed": 0})
     assert key == tradeoff.cache_key({**base, "seed": 0, "run": "another name"})
-    assert key != tradeoff.cache_key({**tradeoff.point_config(settings, {"influence": {"damping": 1e-3}}), "seed": 0})
+    damped = {**tradeoff.point_config(settings, {"influence": {"damping": 1e-3}}), "seed": 0}
+    assert key != tradeoff.cache_key(damped)
+    # damping alone shares the trained models and LDS retrains; anything else that differs does not
+    assert tradeoff.share_key({**base, "seed": 0}) == tradeoff.share_key(damped)
+    for other in ({"pretrain": {"l2": 1e-3}}, {"finetune": {"alpha": 0.2}}, {"validation": {"lds": {"fraction": 0.4}}}):
+        assert tradeoff.share_key({**tradeoff.point_config(settings, other), "seed": 0}) != tradeoff.share_key(damped), other
+    assert tradeoff.share_key({**base, "seed": 0}) != tradeoff.share_key({**base, "seed": 1})
 
 
 def test_make_docs_shows_the_table_and_the_figure(smoke, tmp_path):

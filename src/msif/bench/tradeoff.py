@@ -13,7 +13,10 @@ and the point's ``influence.damping``, removal_sets, retrain, lds_subsets, lds_r
 - ``lds_warm``: the linear datamodeling score over ``n_subsets`` warm-started retrains on half-size subsets
   (:func:`msif.validation.metrics.lds` of :func:`~msif.validation.metrics.lds_predictions`);
 - ``seconds``, ``cpu_seconds``: wall and CPU time (this process) of the whole point and seed, both scenarios together
-  (measured when computed, then read from the cache; on a shared machine the CPU time is the one to compare).
+  (measured when computed, then read from the cache; on a shared machine the CPU time is the one to compare);
+- ``shared_from``: a point equal to this one but for ``influence.damping``, measured before it in the sweep, whose
+  trained models and LDS retrains this point copied (:data:`SHARED`: damping enters the scores only), so its
+  accuracy and LDS ground truth are that point's and its time leaves them out; empty when it trained its own.
 
 It writes ``tradeoff.csv`` (:data:`COLUMNS`; ``default`` marks the point whose merged config is the base config
 itself, the shipped default), ``tradeoff.json`` (machine, settings, which points were recomputed) and ``tradeoff.png``
@@ -36,7 +39,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -61,7 +63,7 @@ SOLVER = "exact"
 REPO = Path(__file__).resolve().parents[3]
 CACHE_VERSION = 1  # bump when what a cached point holds changes
 COLUMNS = ["point", "overrides", "scenario", "seed", "default", "pt_test_accuracy", "ft_test_accuracy", "pearson", "slope",
-           "lds_warm", "n_sets", "n_subsets", "seconds", "cpu_seconds"]
+           "lds_warm", "n_sets", "n_subsets", "seconds", "cpu_seconds", "shared_from"]
 
 
 # -- settings ----------------------------------------------------------------------------------------------------------
@@ -170,6 +172,26 @@ def cache_key(config: dict) -> str:
     return hashlib.sha256(json.dumps([CACHE_VERSION, body], sort_keys=True, default=str).encode()).hexdigest()
 
 
+def share_key(config: dict) -> str:
+    """:func:`cache_key` with ``influence.damping`` set aside: points equal in it train the same models and retrain the
+    same LDS subsets (damping enters the scores only), so a later one copies those files from the first (:data:`SHARED`)."""
+    return cache_key({**config, "influence": {**config["influence"], "damping": None}})
+
+
+# Files that depend on everything but influence.damping: the data, both stages' optima, the pretraining Hessian's
+# eigendecomposition (undamped) and the LDS subsets and their retrains; relative to a point's folder.
+SHARED = ("data", "train", "influence/pretrain_hessian.pt", "influence/pretrain_hessian.pt.json", "validation/lds_subsets.json",
+          "validation/*/lds*.csv")
+
+
+def copy_shared(donor: Path, folder: Path) -> None:
+    for pattern in SHARED:
+        for src in donor.glob(pattern):
+            dst = folder / src.relative_to(donor)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+
+
 # -- one point and seed ------------------------------------------------------------------------------------------------
 
 def paths(folder: Path) -> dict:
@@ -186,15 +208,22 @@ def paths(folder: Path) -> dict:
     }
 
 
+def step(fun, *args) -> None:
+    """Run one workflow step unless its output (the last argument) is there (copied from a point sharing it)."""
+    if not Path(args[-1]).exists():
+        fun(*args)
+
+
 def train_and_score(c: dict, p: dict) -> None:
     """The workflow's steps up to the exact scores, for every scenario."""
     s_ = {k: str(v) for k, v in p.items() if not callable(v)}
-    train_steps.prepare_data(c, s_["data"], n_test=c["influence"]["n_test"])
-    train_steps.pretrain(c, s_["data"], s_["pretrain"])
-    influence_steps.pretrain_hessian(c, s_["data"], s_["pretrain"], s_["hessian"])
+    if not p["data"].exists():
+        train_steps.prepare_data(c, s_["data"], n_test=c["influence"]["n_test"])
+    step(train_steps.pretrain, c, s_["data"], s_["pretrain"])
+    step(influence_steps.pretrain_hessian, c, s_["data"], s_["pretrain"], s_["hessian"])
     for s in c["scenarios"]:
         ft = str(p["finetune"](s))
-        train_steps.finetune(c, s, s_["data"], s_["pretrain"], ft)
+        step(train_steps.finetune, c, s, s_["data"], s_["pretrain"], ft)
         influence_steps.finetune_ihvp(c, s, SOLVER, s_["data"], s_["pretrain"], ft, str(p["finetune_ihvp"](s)))
         influence_steps.pretrain_ihvp(c, s, SOLVER, s_["data"], s_["pretrain"], ft, str(p["finetune_ihvp"](s)), s_["hessian"],
                                       str(p["pretrain_ihvp"](s)))
@@ -204,14 +233,14 @@ def train_and_score(c: dict, p: dict) -> None:
 def retrain_all(c: dict, p: dict) -> None:
     """Leave-k-out and LDS retraining of both stages (the workflow's retrain and lds_retrain steps), every batch."""
     data, pretrain = str(p["data"]), str(p["pretrain"])
-    validation_steps.lds_subsets(c, data, str(p["subsets"]))
+    step(validation_steps.lds_subsets, c, data, str(p["subsets"]))
     for s in c["scenarios"]:
         ft, sets = str(p["finetune"](s)), str(p["sets"](s))
         validation_steps.removal_sets(c, str(p["scores"](s)), sets)
         for b in range(len(io.read_json(sets)["batches"])):
             validation_steps.retrain(c, s, b, data, pretrain, ft, sets, str(p["retrain"](s, b)))
         for b in range(len(io.read_json(p["subsets"])["batches"])):
-            validation_steps.lds_retrain(c, s, b, data, pretrain, ft, str(p["subsets"]), str(p["lds"](s, b)))
+            step(validation_steps.lds_retrain, c, s, b, data, pretrain, ft, str(p["subsets"]), str(p["lds"](s, b)))
 
 
 def scenario_metrics(c: dict, p: dict, s: str) -> dict:
@@ -231,9 +260,10 @@ def scenario_metrics(c: dict, p: dict, s: str) -> dict:
             "n_subsets": len(spec["subsets"])}
 
 
-def measure_point(config: dict, folder: Path) -> tuple[dict, bool]:
+def measure_point(config: dict, folder: Path, donor: tuple[str, Path] | None = None) -> tuple[dict, bool]:
     """One point and seed: ``(per-scenario metrics and seconds, recomputed?)``; read from ``folder/result.json`` when
-    its key is this config's :func:`cache_key`, else the folder is emptied and everything computed again."""
+    its key is this config's :func:`cache_key`, else the folder is emptied and everything computed again — but the
+    :data:`SHARED` files of ``donor`` (name, folder: a point equal but for damping, measured before), copied."""
     key, result = cache_key(config), folder / "result.json"
     if result.is_file():
         try:
@@ -244,11 +274,13 @@ def measure_point(config: dict, folder: Path) -> tuple[dict, bool]:
             return cached, False
     if folder.exists():
         shutil.rmtree(folder)
+    if donor:
+        copy_shared(donor[1], folder)
     p, t0, cpu0 = paths(folder), time.perf_counter(), time.process_time()
     train_and_score(config, p)
     retrain_all(config, p)
     out = {"key": key, "scenarios": {s: scenario_metrics(config, p, s) for s in config["scenarios"]},
-           "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+           "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0, "shared_from": donor[0] if donor else ""}
     io.write_json(result, out)
     return out, True
 
@@ -258,20 +290,23 @@ def measure_point(config: dict, folder: Path) -> tuple[dict, bool]:
 def run(settings: dict, cache: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every point × seed (cached), as the rows of :data:`COLUMNS`; and the ``point/seed`` pairs recomputed."""
     base = point_config(settings, {})
-    rows, computed = [], []
+    rows, computed, donors = [], [], {}
     jobs = [(name, seed) for name in settings["points"] for seed in settings["seeds"]]
     for name, seed in tqdm(jobs, desc="tradeoff points", unit="point"):
         override = settings["points"][name] or {}
         merged = point_config(settings, override)
         config = {**for_seed(merged, seed), "run": f"tradeoff-{name}"}
         t0 = time.perf_counter()
-        result, recomputed = measure_point(config, cache / name / f"seed{seed}")
+        folder = cache / name / f"seed{seed}"
+        result, recomputed = measure_point(config, folder, donors.get(share_key(config)))
+        donors.setdefault(share_key(config), (name, folder))
         if recomputed:
             computed.append(f"{name}/seed{seed}")
         log.info("%s seed %d: %s in %.1f s", name, seed, "computed" if recomputed else "cached", time.perf_counter() - t0)
         for scenario, m in result["scenarios"].items():
             rows.append({"point": name, "overrides": flat(override), "scenario": scenario, "seed": seed,
-                         "default": merged == base, **m, "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"]})
+                         "default": merged == base, **m, "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"],
+                         "shared_from": result["shared_from"]})
             log.info("  %s: %s", scenario, {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()})
     return pd.DataFrame(rows, columns=COLUMNS), computed
 
@@ -283,7 +318,7 @@ MARKERS = {"fixed": "o", "updated": "s"}
 
 def figure(df: pd.DataFrame, path: Path) -> None:
     """Pearson and warm LDS against finetuned test accuracy (means over seeds): one marker per scenario, each point
-    labelled, the shipped default drawn larger with a red edge."""
+    labelled, the shipped default circled red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,15 +328,16 @@ def figure(df: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, metric, label in zip(axes, ("pearson", "lds_warm"), ("leave-k-out Pearson (predicted vs retrained)",
                                                                   "LDS (warm start)"), strict=True):
-        for scenario, d in mean.groupby("scenario", sort=False):
-            ax.scatter(d.ft_test_accuracy, d[metric], marker=MARKERS.get(scenario, "^"), label=scenario, alpha=0.8,
-                       s=np.where(d.default, 160, 50), edgecolors=np.where(d.default, "red", "none"), linewidths=2)
+        for i, (scenario, d) in enumerate(mean.groupby("scenario", sort=False)):
+            ax.scatter(d.ft_test_accuracy, d[metric], marker=MARKERS.get(scenario, "^"), color=f"C{i}", label=scenario, s=50)
             for x, y, name in zip(d.ft_test_accuracy, d[metric], d.point, strict=True):
                 if math.isfinite(x) and math.isfinite(y):
                     ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        d = mean[mean.default]
+        ax.scatter(d.ft_test_accuracy, d[metric], s=220, facecolors="none", edgecolors="red", linewidths=2, label="shipped default")
         ax.set(xlabel="finetuned test accuracy", ylabel=label, title=f"{label} against accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(title="scenario (red edge: default)", fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

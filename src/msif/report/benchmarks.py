@@ -90,7 +90,9 @@ SOURCES = (
            "pretraining objective, damping) trained, scored with the exact multi-stage influence and validated by retraining "
            "both stages: per scenario, the pretrained and finetuned test accuracy, the leave-k-out Pearson and slope over all "
            "removal sets, the warm-start LDS; `default` marks the shipped default config; `seconds` / `cpu_seconds` per point "
-           "and seed, both scenarios together. The figure: Pearson and LDS against finetuned accuracy, the default circled red.",
+           "and seed, both scenarios together; `shared_from`: a point equal but for damping whose trained models and LDS "
+           "retrains this one reuses (damping enters the scores only). The figure: Pearson and LDS against finetuned "
+           "accuracy, the default circled red.",
            ("tradeoff.json",), figure="tradeoff.png"),
 )
 

@@ -214,6 +214,7 @@ def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "scenario": df.scenario, "method": df.method, "solver": df.solver,
         "Pearson [95% CI]": [ci(*r) for r in zip(df.pearson, df.pearson_lo, df.pearson_hi, strict=True)],
+        **basin_cells(df),
         "Spearman": [f"{v:.3f}" for v in df.spearman],
         **{f"LDS {kind} [95% CI]": [ci(*r) for r in zip(df[f"lds_{kind}"], df[f"lds_{kind}_lo"], df[f"lds_{kind}_hi"], strict=True)]
            for kind in ("warm", "cold") if f"lds_{kind}" in df and (kind == "warm" or df[f"lds_{kind}"].notna().any())},
@@ -222,6 +223,27 @@ def _summary_view(df: pd.DataFrame) -> pd.DataFrame:
         "slope": [f"{v:.2f}" if m in LOSS_UNIT_METHODS else "—" for v, m in zip(df.slope, df.method, strict=True)],
         "finetune test acc.": [f"{v:.3f}" if np.isfinite(v) else "—" for v in df.get("ft_test_accuracy", pd.Series(np.nan, index=df.index))],
     })
+
+
+def basin_cells(df: pd.DataFrame) -> dict:
+    """``Pearson same basin`` (over the sets whose retraining did not land in another basin) and ``other basin`` (how many
+    did, msif.validation.basins); none for tables without the basin check."""
+    if "pearson_same_basin" not in df:
+        return {}
+    return {"Pearson same basin": [f"{v:.3f}" if np.isfinite(v) else "—" for v in df.pearson_same_basin],
+            "other basin": [str(int(v)) if np.isfinite(v) else "—" for v in df.n_other_basin]}
+
+
+def basin_sentence(ms: pd.DataFrame) -> str:
+    """The verdict's word on the basin check: how many sets' retraining landed in another basin, Pearson without them."""
+    if "n_other_basin" not in ms or not ms.n_other_basin.notna().any():
+        return ""
+    n = ms.drop_duplicates("scenario").n_other_basin.fillna(0).astype(int)
+    if not n.sum():
+        return " Every retraining landed in the basin the influence function describes (basin check, validation.basin_ratio)."
+    return (f" {n.sum()} of {int(ms.drop_duplicates('scenario').n_sets.sum())} retrainings landed in another basin (their stage moved more "
+            f"than validation.basin_ratio times its first-order step; kept and flagged): without them Pearson ranges "
+            f"{ms.pearson_same_basin.min():.3f}–{ms.pearson_same_basin.max():.3f}.")
 
 
 def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
@@ -237,7 +259,8 @@ def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
               .reset_index().rename(columns={"test_ids": "test ids"}))
     more = f" (first {limit} of {len(groups)} kinds shown)" if len(groups) > limit else ""
     return (f"<div class='verdict warn'><b>{len(bad)} of {len(lko)} leave-k-out rows are flagged</b>{more}: a numerical problem "
-            "upstream of them (training not converged, a saddle, a bad solve, a retraining that diverged). They are kept in "
+            "upstream of them (training not converged, a saddle, a bad solve, a retraining that diverged) or a retraining that "
+            "landed in another basin than the influence function describes (basin check). They are kept in "
             "the tables and plots; judge them with care. An approximate solver (ekfac, lissa, arnoldi, a truncated pcg) "
             "flags every row it scores by design: its residual is far above influence.max_residual. Row by row: "
             "validation/leave_k_out.csv.</div>" + table(groups.head(limit)))
@@ -307,7 +330,7 @@ def verdict(summary: pd.DataFrame, seeds: list[int], min_accuracy: float = 0.8, 
     return (f"<div class='verdict {cls}'><b>Does predicted influence match retraining?</b> Over {int(summary.n_sets.iloc[0])} "
             f"leave-k-out removal sets per scenario ({over}), Pearson between predicted and actual Δ test loss ranges "
             f"{ms.pearson.min():.3f}–{ms.pearson.max():.3f} (Spearman {ms.spearman.min():.3f}–{ms.spearman.max():.3f}); "
-            f"target ≥ {target}.{accuracy_sentence(ms)} Scores follow one convention: "
+            f"target ≥ {target}.{basin_sentence(ms)}{accuracy_sentence(ms)} Scores follow one convention: "
             f"<i>{html.escape(msif.SCORE_CONVENTION)}</i>.</div>" + "".join(low))
 
 
@@ -343,7 +366,10 @@ SUMMARY_TEXT = ("<p>Each row correlates, over all removal sets (top-k, bottom-k,
                 "(how precisely retraining lands); <i>seed noise</i>: the same from a cold start under another seed (how far apart two "
                 "equally valid trainings land — removal effects below it are not reproducible across trainings). <i>slope</i>: "
                 "least-squares actual ≈ slope × predicted through the origin "
-                "(first-order predictions underestimate larger removals: slope &gt; 1).</p>")
+                "(first-order predictions underestimate larger removals: slope &gt; 1). <i>Pearson same basin</i>: the same over "
+                "the sets whose retraining landed where the influence function looks (each stage within validation.basin_ratio "
+                "times its first-order displacement ‖H₀⁻¹∇L<sub>S</sub>‖ of the warm start); <i>other basin</i>: how many sets "
+                "did not (kept in every other column, flagged in validation/leave_k_out.csv).</p>")
 
 
 def summary_section(summary: pd.DataFrame, all_rows: pd.DataFrame, seeds: list[int]) -> str:

@@ -22,7 +22,7 @@ def paper_summary(summary: pd.DataFrame, alpha: float) -> pd.DataFrame:
     seeds = summary["seed"].astype(str)
     rows = summary[seeds == "all"] if (seeds == "all").any() else summary
     out = rows.assign(alpha=[_alpha(s, alpha) for s in rows.scenario], n_seeds=max(1, (seeds != "all").sum() // max(1, len(rows))))
-    order = ["scenario", "alpha", "method", "solver", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi",
+    order = ["scenario", "alpha", "method", "solver", "pearson", "pearson_lo", "pearson_hi", "pearson_same_basin", "n_other_basin", "spearman", "spearman_lo", "spearman_hi",
              "lds_warm", "lds_warm_lo", "lds_warm_hi", "lds_cold", "lds_cold_lo", "lds_cold_hi", "slope", "slope_lo", "slope_hi",
              "noise_floor", "noise_floor_seed", "n_sets", "n_seeds", "pt_test_accuracy", "ft_test_accuracy",
              "pearson_lo_iid_sets", "pearson_hi_iid_sets"]

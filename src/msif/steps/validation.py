@@ -15,6 +15,7 @@ from msif.influence.baselines import baseline_scores
 from msif.steps.common import finetune_args, load_stages, newton_steps, solve_arguments, train_args
 from msif.task.training import ANOTHER_MINIMUM, TrainingError
 from msif.validation import health, metrics
+from msif.validation.basins import BASIN_RATIO, Basins, basin_columns, flag_basins
 from msif.validation.compare import LDS_COLUMNS, PerSet, ScenarioInputs, compare_tables, read_csvs, with_accuracy
 from msif.validation.metrics import (
     batches,
@@ -69,10 +70,22 @@ def landing_problems(name: str, res) -> list[str]:
     return out
 
 
+def basins(pt, pt_params: torch.Tensor, ft, ft_params: torch.Tensor, precond: Preconditioners | None) -> Basins:
+    """Both stages' Hessians at the trained optima for the basin check (:mod:`msif.validation.basins`), preconditioned
+    by ``precond``'s spectral preconditioners (``retraining.method: newton``) or by their own, built here (``lbfgs``)."""
+    t0 = time.perf_counter()
+    out = Basins.of(pt, pt_params, ft, ft_params, precond and precond.pretrain, precond and precond.finetune)
+    log.info("basin check: curvature of both stages in %.2f s", time.perf_counter() - t0)
+    return out
+
+
 def retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_path: str, finetune_path: str,
                 sets_path: str, out: str) -> None:
-    """Retrain both stages without each removal set of one batch; record the actual Δ test loss and how each stage was
-    solved (``retraining.method``; columns :func:`solve_columns`)."""
+    """Retrain both stages without each removal set of one batch; record the actual Δ test loss, how each stage was
+    solved (``retraining.method``; columns :func:`solve_columns`) and where each stage landed against its first-order
+    step (columns :func:`msif.validation.basins.basin_columns`; rule compare flags the rows past
+    ``validation.basin_ratio``). ``retraining.continuation_steps`` ≥ 2: each set's weight goes 1 → 0 in that many
+    warm-started steps (:func:`retrain_both_stages`)."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -81,6 +94,7 @@ def retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_pa
     spec = io.read_json(sets_path)
     r = config["retraining"]
     precond = preconditioners(config, pt, pt_params, ft, ft_params)
+    check = basins(pt, pt_params, ft, ft_params, precond)
     rows = []
     for idx in tqdm(spec["batches"][batch], desc=f"retrain[{scenario}] batch {batch}", mininterval=5):
         s = spec["sets"][idx]
@@ -90,7 +104,8 @@ def retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_pa
                "selection": s["selection"], "k": s["k"]}
         try:
             res = retrain_both_stages(pt, pt_params, ft, ft_params, exp.test, s["members"], r["grad_tol"], r["max_iter"],
-                                      newton_steps=newton_steps(config), precond=precond)
+                                      newton_steps=newton_steps(config), precond=precond, basins=check,
+                                      continuation_steps=r.get("continuation_steps", 0))
         except TrainingError as err:  # keep the row, flagged: a diverged retraining is a result, not a gap
             log.error("%s: retraining diverged: %s", s["set_id"], err)
             rows.append({**row, "actual": float("nan"), "pretrain_grad_norm": float("nan"), "finetune_grad_norm": float("nan"),
@@ -99,9 +114,11 @@ def retrain(config: dict, scenario: str, batch: int, data_path: str, pretrain_pa
         problems = health.retrain_problems(s["set_id"], res.pretrain, res.finetune, r["grad_tol"]) + landing_problems(s["set_id"], res)
         rows.append({**row, "actual": float(res.test_losses[t] - base[t]),
                      "pretrain_grad_norm": res.pretrain["grad_norm"], "finetune_grad_norm": res.finetune["grad_norm"],
-                     **solve_columns(res), "seconds": time.perf_counter() - t0, "flag": health.flag(problems)})
-        log.info("%s: actual %.4e (grad norms %.1e, %.1e)", s["set_id"], rows[-1]["actual"], res.pretrain["grad_norm"],
-                 res.finetune["grad_norm"])
+                     **solve_columns(res), **basin_columns(res.pretrain, res.finetune), "seconds": time.perf_counter() - t0,
+                     "flag": health.flag(problems)})
+        log.info("%s: actual %.4e (grad norms %.1e, %.1e; landed %.2f, %.2f x the first-order step)", s["set_id"], rows[-1]["actual"],
+                 res.pretrain["grad_norm"], res.finetune["grad_norm"], res.pretrain.get("basin_ratio", float("nan")),
+                 res.finetune.get("basin_ratio", float("nan")))
     io.write_text(out, pd.DataFrame(rows).to_csv(index=False))
 
 
@@ -277,11 +294,17 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
         lds_cold=read_csvs(lds_cold_paths[s]) if subsets is not None and (lds_cold_paths or {}).get(s) else None,
         set_predictions=group_set_predictions((group_paths or {}).get(s), config["validation"]["reference_solver"], config["seed"]))
         for s in sets_paths}
+    for inp in inputs.values():  # the basin check: rows past validation.basin_ratio flagged other_basin, kept
+        inp.retrain = flag_basins(inp.retrain, config["validation"].get("basin_ratio", BASIN_RATIO))
     lko, summary, lds_table = compare_tables(inputs, subsets, config["validation"]["bootstrap"], config["seed"])
     if pretrain_path and finetune_paths:
         summary = with_accuracy(summary, io.load_meta(pretrain_path).get("accuracy", {}),
                                 {s: io.load_meta(p).get("accuracy", {}) for s, p in finetune_paths.items()})
     lko["flag"] = health.row_flags(lko, (inp.retrain for inp in inputs.values()), scores_paths)
+    if lko["other_basin"].any():
+        log.warning("%d of %d leave-k-out rows landed in another basin (validation.basin_ratio %g): Pearson %s without them",
+                    int(lko["other_basin"].sum()), len(lko), config["validation"].get("basin_ratio", BASIN_RATIO),
+                    summary[["scenario", "method", "solver", "pearson", "pearson_same_basin"]].to_string(index=False))
     if (lko["flag"] != health.OK).any():
         log.warning("%d of %d leave-k-out rows flagged (column 'flag'): %s", int((lko["flag"] != health.OK).sum()), len(lko),
                     sorted(set(lko["flag"]) - {health.OK})[:10])

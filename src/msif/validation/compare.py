@@ -67,12 +67,14 @@ def read_csvs(paths: list[str]) -> pd.DataFrame:
 
 
 def leave_k_out_rows(scenario: str, method: str, solver: str, scores, test_ids, sets: list[dict], actual: np.ndarray,
-                     seed: int) -> pd.DataFrame:
-    """``predicted = Σ_{i∈S} score[t, i]`` beside the actual Δ test loss of every removal set S."""
+                     seed: int, other_basin: np.ndarray | None = None) -> pd.DataFrame:
+    """``predicted = Σ_{i∈S} score[t, i]`` beside the actual Δ test loss of every removal set S, and whether its
+    retraining landed in another basin (``other_basin``, :mod:`msif.validation.basins`; False where not checked)."""
     return pd.DataFrame({
         "scenario": scenario, "solver": solver, "test_id": [int(test_ids[s["test_index"]]) for s in sets],
         "selection": [s["selection"] for s in sets], "k": [s["k"] for s in sets],
         "predicted": set_effects(scores, sets), "actual": actual, "method": method, "seed": seed,
+        "other_basin": np.zeros(len(sets), bool) if other_basin is None else np.asarray(other_basin, bool),
     })
 
 
@@ -104,11 +106,13 @@ def lds_columns(kind: str, pred: np.ndarray, actual: np.ndarray, n_boot: int, se
 
 
 def summary_row(scenario: str, method: str, solver: str, pred: np.ndarray, actual: np.ndarray, floors: dict, n_boot: int,
-                seed: int, clusters: np.ndarray) -> dict:
+                seed: int, clusters: np.ndarray, other_basin: np.ndarray | None = None) -> dict:
     """Pearson, Spearman and slope of predicted against actual, each with its bootstrap interval over the test examples
     (``clusters``: the test example of each set; :func:`bootstrap_clustered`), and the old interval on Pearson over
     sets resampled as if independent (``pearson_lo_iid_sets``/``_hi_iid_sets``, :func:`bootstrap_pearson`: kept for one
-    release, too narrow). The LDS columns are NaN here; :func:`compare_tables` fills them."""
+    release, too narrow). ``pearson_same_basin``: Pearson over the sets whose retraining stayed in the basin the
+    influence function describes (``other_basin`` False), ``n_other_basin`` how many did not (:func:`same_basin_columns`).
+    The LDS columns are NaN here; :func:`compare_tables` fills them."""
     c = correlations(pred, actual)
     ci = bootstrap_clustered(pred, actual, clusters, n_boot, seed)
     lo, hi = bootstrap_pearson(pred, actual, n_boot, seed)
@@ -117,14 +121,24 @@ def summary_row(scenario: str, method: str, solver: str, pred: np.ndarray, actua
             "pearson_lo": ci["pearson"][0], "pearson_hi": ci["pearson"][1], "lds_warm_lo": NAN, "lds_warm_hi": NAN,
             "slope": c["slope"], "spearman_lo": ci["spearman"][0], "spearman_hi": ci["spearman"][1], "slope_lo": ci["slope"][0],
             "slope_hi": ci["slope"][1], "lds_cold": NAN, "lds_cold_lo": NAN, "lds_cold_hi": NAN, "pearson_lo_iid_sets": lo,
-            "pearson_hi_iid_sets": hi, "lds_warm_lo_iid_subsets": NAN, "lds_warm_hi_iid_subsets": NAN}
+            "pearson_hi_iid_sets": hi, "lds_warm_lo_iid_subsets": NAN, "lds_warm_hi_iid_subsets": NAN,
+            **same_basin_columns(pred, actual, other_basin)}
+
+
+def same_basin_columns(pred: np.ndarray, actual: np.ndarray, other_basin: np.ndarray | None) -> dict:
+    """``pearson_same_basin`` (:func:`correlations` over the sets not flagged ``other_basin``) and ``n_other_basin``."""
+    other = np.zeros(len(pred), bool) if other_basin is None else np.asarray(other_basin, bool)
+    return {"pearson_same_basin": correlations(np.asarray(pred)[~other], np.asarray(actual)[~other])["pearson"],
+            "n_other_basin": int(other.sum())}
 
 
 def compare_tables(inputs: dict[str, ScenarioInputs], subsets: list[list[int]] | None, n_boot: int, seed: int):
     """(leave-k-out rows, summary, LDS rows) over every scenario, method and solver."""
     frames, lds_frames, summary_rows = [], [], []
     for scenario, inp in inputs.items():
-        actual = inp.retrain.set_index("set_id").loc[[s["set_id"] for s in inp.sets], "actual"].to_numpy()
+        by_set = inp.retrain.set_index("set_id").loc[[s["set_id"] for s in inp.sets]]
+        actual = by_set["actual"].to_numpy()
+        other = by_set["other_basin"].to_numpy(bool) if "other_basin" in by_set else None
         floors = noise_floors(inp.noise)
         lds_actual = lds_cold = None
         if subsets is not None:
@@ -132,9 +146,9 @@ def compare_tables(inputs: dict[str, ScenarioInputs], subsets: list[list[int]] |
             if inp.lds_cold is not None and len(inp.lds_cold):
                 lds_cold = cold_actual(inp.lds_cold)
         for (method, solver), (scores, test_ids) in {**inp.methods, **inp.set_predictions}.items():
-            frames.append(leave_k_out_rows(scenario, method, solver, scores, test_ids, inp.sets, actual, seed))
+            frames.append(leave_k_out_rows(scenario, method, solver, scores, test_ids, inp.sets, actual, seed, other))
             row = summary_row(scenario, method, solver, frames[-1]["predicted"].to_numpy(), actual, floors, n_boot, seed,
-                              clusters=frames[-1]["test_id"].to_numpy())
+                              clusters=frames[-1]["test_id"].to_numpy(), other_basin=other)
             if lds_actual is not None:
                 lds_pred = subset_effects(scores, subsets)
                 row.update(lds_columns("warm", lds_pred, lds_actual, n_boot, seed))

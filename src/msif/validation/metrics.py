@@ -277,7 +277,8 @@ def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
     (seed, test example) pairs (:func:`bootstrap_clustered`; the old interval over sets as ``pearson_lo_iid_sets``/
     ``_hi_iid_sets``). Pooled LDS (``lds_warm`` from the LDS table's ``actual``, ``lds_cold`` from its
     ``actual_cold``): the mean of the per-(seed, test) Spearman correlations, interval over resampled (seed, test)
-    pairs (:func:`bootstrap_cluster_mean`). Noise floors: RMS over seeds of the per-seed floors.
+    pairs (:func:`bootstrap_cluster_mean`). Noise floors: RMS over seeds of the per-seed floors. ``pearson_same_basin``
+    and ``n_other_basin``: Pearson over the pooled sets not flagged ``other_basin``, and how many were.
     """
 
     rows = []
@@ -294,6 +295,10 @@ def pooled_summary(lko, lds_table, per_seed, n_boot: int, seed: int):
                "pearson": c["pearson"], "spearman": c["spearman"], "slope": c["slope"], "n_sets": int(sel.sum()),
                **{f"{m}_{end}": ci[m][i] for m in ci for i, end in enumerate(("lo", "hi"))},
                "pearson_lo_iid_sets": lo, "pearson_hi_iid_sets": hi, "lds_warm_lo_iid_subsets": nan, "lds_warm_hi_iid_subsets": nan}
+        if "other_basin" in lko:  # the basin check (msif.validation.basins): Pearson without the rows that left the basin
+            other = lko.loc[sel, "other_basin"].astype(bool).to_numpy()
+            row["pearson_same_basin"] = correlations(pred[~other], act[~other])["pearson"]
+            row["n_other_basin"] = int(other.sum())
         for col in (c for c in g.columns if c.endswith("_accuracy")):
             row[col] = float(g[col].mean())
         for col in ("noise_floor", "noise_floor_seed"):

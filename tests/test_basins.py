@@ -100,6 +100,13 @@ def test_flags_join_earlier_problems_and_old_tables_are_not_flagged():
     assert list(out.other_basin) == [True, False]
     assert out.flag[0].startswith("retrain a: pretraining not converged; retrain a: pretraining landed in another basin (7.0 x")
     assert list(flag_basins(retrain.drop(columns=["pretrain_basin_ratio", "pretrain_first_order"]), 3.0).other_basin) == [False, False]
+    # continuation: a fold shows in one step (step_ratio), while the whole landing stays near first order's size
+    path = pd.DataFrame({"set_id": ["t0-top-k5", "t0-random-k5"], "flag": "ok", "finetune_basin_ratio": [2.0, 1.0],
+                         "finetune_first_order": [1.25, 0.02], "finetune_step_ratio": [7.9, 1.0]})
+    out = flag_basins(path, threshold=3.0)
+    assert list(out.other_basin) == [True, False] and out.flag[1] == "ok"
+    assert out.flag[0] == ("retrain t0-top-k5: finetuning landed in another basin (a continuation step moved 7.9 x its "
+                           "first-order step; validation.basin_ratio 3)")
 
 
 def test_pearson_same_basin_leaves_out_exactly_the_flagged_rows():

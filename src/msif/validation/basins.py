@@ -99,26 +99,29 @@ def basin_columns(pretrain: dict, finetune: dict) -> dict:
 
 
 def basin_problems(name: str, pretrain: dict, finetune: dict, threshold: float) -> list[str]:
-    """One problem per stage whose ``basin_ratio`` exceeds ``threshold`` (``validation.basin_ratio``)."""
+    """One problem per stage whose ``basin_ratio`` (one jump) or ``step_ratio`` (the largest of a continuation's steps)
+    exceeds ``threshold`` (``validation.basin_ratio``)."""
     out = []
     for (_, stage), info in zip(STAGES, (pretrain, finetune), strict=True):
-        ratio = info.get("basin_ratio", math.nan)
+        ratio, step = info.get("basin_ratio", math.nan), info.get("step_ratio", math.nan)
         if ratio > threshold:
             out.append(f"retrain {name}: {stage} landed in another basin ({ratio:.1f} x the first-order displacement "
                        f"{info['first_order']:.2e}; validation.basin_ratio {threshold:g})")
+        elif step > threshold:
+            out.append(f"retrain {name}: {stage} landed in another basin (a continuation step moved {step:.1f} x its "
+                       f"first-order step; validation.basin_ratio {threshold:g})")
     for p in out:
         log.warning("problem: %s", p)
     return out
 
 
 def flag_basins(retrain, threshold: float):
-    """The retrain table with ``other_basin`` (a stage's ``basin_ratio`` > ``threshold``) and the basin problems
+    """The retrain table with ``other_basin`` (a stage's ``basin_ratio`` or ``step_ratio`` > ``threshold``) and the basin problems
     (:func:`basin_problems`) joined to its ``flag``; rows without the ratio columns (older tables) are not flagged."""
     out = retrain.reset_index(drop=True).copy()
     nan = math.nan
-    problems = [basin_problems(r["set_id"], *({"basin_ratio": r.get(f"{stage}_basin_ratio", nan),
-                                                "first_order": r.get(f"{stage}_first_order", nan)} for stage, _ in STAGES),
-                               threshold) for r in out.to_dict("records")]
+    problems = [basin_problems(r["set_id"], *({k: r.get(f"{stage}_{k}", nan) for k in ("basin_ratio", "first_order", "step_ratio")}
+                                              for stage, _ in STAGES), threshold) for r in out.to_dict("records")]
     out["other_basin"] = [bool(p) for p in problems]
     old = out["flag"] if "flag" in out else [OK] * len(out)
     out["flag"] = [flag(([] if f == OK else [f]) + p) for f, p in zip(old, problems, strict=True)]

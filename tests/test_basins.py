@@ -230,3 +230,17 @@ def test_the_report_shows_pearson_with_and_without_the_other_basin_rows():
     view = _summary_view(summary)
     assert list(view["Pearson same basin"]) == ["0.950", "0.970"] and list(view["other basin"]) == ["0", "33"]
     assert "another basin" not in verdict(summary.drop(columns=["pearson_same_basin", "n_other_basin"]), [2])
+
+
+def test_the_scatter_rings_the_other_basin_rows():
+    from msif.report.page import scatter_figure
+
+    rng = np.random.default_rng(0)
+    pred = rng.normal(size=12)
+    lko = pd.DataFrame({"scenario": "updated", "solver": "exact", "selection": ["top", "bottom", "random"] * 4, "k": 5,
+                        "predicted": pred, "actual": pred, "other_basin": [True] + [False] * 11})
+    summary = pd.DataFrame({"scenario": ["updated"], "solver": "exact", "pearson": 0.9, "spearman": 0.9, "slope": 1.0,
+                            "pearson_same_basin": 1.0})
+    ringed = scatter_figure(lko, summary, "updated", "exact", 1e-6)
+    assert ringed != scatter_figure(lko.assign(other_basin=False), summary, "updated", "exact", 1e-6)
+    assert ringed != scatter_figure(lko.assign(other_basin=[False] * 11 + [True]), summary, "updated", "exact", 1e-6)

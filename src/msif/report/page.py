@@ -44,7 +44,8 @@ def scenario_title(name: str) -> str:
 
 def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solver: str, noise_floor: float,
                    noise_floor_seed: float = float("nan")) -> str:
-    """Predicted vs actual removal effect: identity line, fitted slope, ±2·noise-floor bands (warm start; another seed)."""
+    """Predicted vs actual removal effect: identity line, fitted slope, ±2·noise-floor bands (warm start; another seed); the rows
+    whose retraining landed in another basin ringed, with Pearson without them in the title."""
     d = lko[(lko.scenario == scenario) & (lko.solver == solver)]
     s = summary[(summary.scenario == scenario) & (summary.solver == solver)].iloc[0]
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
@@ -58,8 +59,12 @@ def scatter_figure(lko: pd.DataFrame, summary: pd.DataFrame, scenario: str, solv
         ax.plot([-lim, lim], [-lim * s.slope, lim * s.slope], color="C3", lw=1, label=f"fit: actual = {s.slope:.2f} × predicted")
     sns.scatterplot(data=d, x="predicted", y="actual", hue="selection", size="k", sizes=(20, 90), ax=ax, alpha=0.8,
                     palette={"top": "C0", "bottom": "C1", "random": "C2"})
+    other = d[d.other_basin.astype(bool)] if "other_basin" in d else d.iloc[:0]
+    if len(other):  # the basin check's rows, ringed: kept in the plot and the fit
+        ax.scatter(other.predicted, other.actual, s=150, facecolors="none", edgecolors="k", lw=0.8, label=f"other basin ({len(other)})")
+    same = f"; {s.pearson_same_basin:.3f} same basin" if len(other) and np.isfinite(s.get("pearson_same_basin", np.nan)) else ""
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="predicted Δ test loss (Σ scores)", ylabel="actual Δ test loss (retrained)",
-           title=f"{scenario} / {solver}: Pearson {s.pearson:.3f}, Spearman {s.spearman:.3f}")
+           title=f"{scenario} / {solver}: Pearson {s.pearson:.3f}{same}, Spearman {s.spearman:.3f}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return png(fig)
 

@@ -131,9 +131,14 @@ paper: setup
 
 # docs/benchmarks.md, generated from the benchmark tables under results/bench/ (never typed by hand):
 # run the benchmarks you want (make bench, bench-scale, bench-peers, bench-peers-cnn, bench-lds) first.
+# docs/results.md, generated from each run's validation/summary.csv: RESULTS_RUNS lists NAME=RESULTS_DIR[@REPO_DIR]
+# (the checkout whose commit stamps that run; default this one), e.g. "default=results paper=results paper-mnist=results";
+# a run not made yet is listed as such.
+RESULTS_RUNS ?= default=results
 .PHONY: docs
 docs: $(VENV)/.installed
 	$(PY) -m msif.report.benchmarks --results results/bench --out docs/benchmarks.md --readme README.md
+	$(PY) -m msif.report.results --out docs/results.md $(foreach run,$(RESULTS_RUNS),--run $(run))
 
 # The CUDA path, on a machine with a GPU (about 8 min on one): the cuda tests, then the scale config's influence rules on the
 # CPU and again on CUDA from the same trained optima; the scores must agree to float32 precision. Writes

@@ -60,7 +60,6 @@ MEASURE_KEYS = {"n_test", "ks", "selections", "n_subsets"}
 SMOKE_KEYS = {"base", "seeds", "measure", "points"}
 POINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SOLVER = "exact"
-REPO = Path(__file__).resolve().parents[3]
 CACHE_VERSION = 1  # bump when what a cached point holds changes
 COLUMNS = ["point", "overrides", "scenario", "seed", "default", "pt_test_accuracy", "ft_test_accuracy", "pearson", "slope",
            "lds_warm", "n_sets", "n_subsets", "seconds", "cpu_seconds", "shared_from"]
@@ -136,9 +135,9 @@ def check_settings(path: str, s: dict) -> None:
 
 
 def resolve(path: str) -> Path:
-    """A relative path from the current folder, else from the checkout's root (where ``make`` runs)."""
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else REPO / p
+    """A path as given: relative ones from the current folder (``make`` runs in the checkout's root). The library reads
+    no file of the repository tree by its own location (tests/test_imports.py): an installed msif has none."""
+    return Path(path)
 
 
 def base_config(settings: dict) -> dict:

@@ -67,6 +67,17 @@ def paths(root: Path, config: dict) -> dict:
     }
 
 
+def run_training(config: dict, root: Path) -> dict:
+    """prepare_data → pretrain → finetune of every scenario, as the rule ``pretrain``'s job would run them; the paths."""
+    p = paths(root, config)
+    with as_job("pretrain"):
+        train_steps.prepare_data(config, str(p["data"]), n_test=config["influence"]["n_test"])
+        train_steps.pretrain(config, str(p["data"]), str(p["pretrain"]))
+        for s in config["scenarios"]:
+            train_steps.finetune(config, s, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)))
+    return p
+
+
 def run_scores(config: dict, root: Path, scenarios: list[str] | None = None) -> dict:
     """prepare_data → pretrain → finetune → finetune_ihvp → (pretrain_hessian) → pretrain_ihvp → scores."""
     p = paths(root, config)

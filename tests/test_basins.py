@@ -38,16 +38,7 @@ TINY = inprocess.load_config(".test/config/config.yaml")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Data, pretraining and both scenarios' finetuning of the tiny config, trained by the workflow's own steps."""
-    from msif.steps import train as train_steps
-
-    root = tmp_path_factory.mktemp("basins")
-    p = inprocess.paths(root, TINY)
-    with inprocess.as_job("pretrain"):
-        train_steps.prepare_data(TINY, str(p["data"]), n_test=TINY["influence"]["n_test"])
-        train_steps.pretrain(TINY, str(p["data"]), str(p["pretrain"]))
-        for s in TINY["scenarios"]:
-            train_steps.finetune(TINY, s, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)))
-    return p
+    return inprocess.run_training(TINY, tmp_path_factory.mktemp("basins"))
 
 
 def stages(p, scenario):

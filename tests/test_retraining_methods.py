@@ -53,16 +53,7 @@ SETS = [[0, 1], [3, 7, 11, 19, 25], list(range(0, N, 4)), list(range(1, N, 2))] 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Data, pretraining and both scenarios' finetuning of the tiny config, trained by the workflow's own steps."""
-    from msif.steps import train as train_steps
-
-    root = tmp_path_factory.mktemp("methods")
-    p = inprocess.paths(root, TINY)
-    with inprocess.as_job("pretrain"):
-        train_steps.prepare_data(TINY, str(p["data"]), n_test=TINY["influence"]["n_test"])
-        train_steps.pretrain(TINY, str(p["data"]), str(p["pretrain"]))
-        for s in TINY["scenarios"]:
-            train_steps.finetune(TINY, s, str(p["data"]), str(p["pretrain"]), str(p["finetune"](s)))
-    return p
+    return inprocess.run_training(TINY, tmp_path_factory.mktemp("methods"))
 
 
 def stages(p, scenario):

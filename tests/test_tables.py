@@ -28,8 +28,8 @@ def test_paper_summary_keeps_pooled_rows_with_alpha_and_markdown_has_intervals()
     md = markdown(table).splitlines()
     assert md[0].startswith("| scenario | α | method |") and len(md) == 2 + 6
     assert md[2] == ("| fixed | — | multi_stage | exact | 0.900 [0.850, 0.950] | 0.800 | 0.500 [0.400, 0.600] | 0.300 [0.100, 0.450] "
-                     "| 1.50 | 12 | — | — |")
-    assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | — | 12 | — | — |")  # no cold LDS, no accuracy
+                     "| 1.50 | 12 | — | — | — |")
+    assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | — | 12 | — | — | — |")  # no cold LDS, no accuracy
 
 
 def test_one_seed_run_keeps_its_rows():

@@ -64,3 +64,26 @@ rule finetune:
         version=VERSION,
     script:
         "../scripts/finetune.py"
+
+
+rule scratch:
+    input:
+        data=rules.prepare_data.output.pt,
+    output:
+        json=f"{RESULTS}/train/scratch.json",
+    log:
+        f"{LOGS}/scratch.log",
+    benchmark:
+        f"{LOGS}/benchmarks/scratch.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,
+    params:
+        cfg=cfg(*FINETUNE_KEYS),
+        version=VERSION,
+    script:
+        "../scripts/scratch.py"

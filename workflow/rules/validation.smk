@@ -192,6 +192,7 @@ rule lds_cold:
 rule compare:
     input:
         pretrain=rules.pretrain.output.pt,
+        scratch=rules.scratch.output.json,
         finetune=expand(
             rules.finetune.output.pt, scenario=config["scenarios"], allow_missing=True
         ),

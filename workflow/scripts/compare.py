@@ -21,5 +21,6 @@ with job(snakemake.log[0], snakemake.threads):
         summary_out=snakemake.output.summary,
         lds_out=snakemake.output.lds,
         pretrain_path=i.pretrain,
+        scratch_path=i.scratch,
         finetune_paths=dict(zip(scenarios, i.finetune, strict=True)),
     )

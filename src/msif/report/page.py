@@ -345,8 +345,11 @@ def accuracy_sentence(ms: pd.DataFrame) -> str:
         return ""
     per = ms.drop_duplicates("scenario")
     ft = ", ".join(f"{html.escape(scenario_title(r.scenario).split(' — ')[0])} {r.ft_test_accuracy:.3f}" for r in per.itertuples())
+    scratch = per.get("scratch_test_accuracy", pd.Series(dtype=float))
+    ref = (f" (the same architecture trained from scratch on the finetuning data: {scratch.iloc[0]:.3f})"
+           if len(scratch) and np.isfinite(scratch.iloc[0]) else "")
     return (f" The models explained reach test accuracy {per.pt_test_accuracy.iloc[0]:.3f} on the pretraining task and "
-            f"{ft} on the finetuning task.")
+            f"{ft} on the finetuning task{ref}.")
 
 
 def accuracy_flags(ms: pd.DataFrame, min_accuracy: float) -> list[str]:

@@ -36,6 +36,7 @@ MIN_ACCURACY = 0.8  # validation.min_accuracy's default
 COLUMNS = (
     ("`pt_test_accuracy`", "pt_test_accuracy", None),
     ("`ft_test_accuracy`", "ft_test_accuracy", None),
+    ("`scratch_test_accuracy`", "scratch_test_accuracy", None),
     ("`pearson`", "pearson", None),
     ("95 % CI, clustered", None, ("pearson_lo", "pearson_hi")),
     ("95 % CI, iid sets (old)", None, ("pearson_lo_iid_sets", "pearson_hi_iid_sets")),

@@ -25,7 +25,7 @@ def paper_summary(summary: pd.DataFrame, alpha: float) -> pd.DataFrame:
     order = ["scenario", "alpha", "method", "solver", "pearson", "pearson_lo", "pearson_hi", "pearson_same_basin", "n_other_basin", "spearman", "spearman_lo", "spearman_hi",
              "lds_warm", "lds_warm_lo", "lds_warm_hi", "lds_cold", "lds_cold_lo", "lds_cold_hi", "slope", "slope_lo", "slope_hi",
              "noise_floor", "noise_floor_seed", "n_sets", "n_seeds", "pt_test_accuracy", "ft_test_accuracy",
-             "pearson_lo_iid_sets", "pearson_hi_iid_sets"]
+             "scratch_test_accuracy", "pearson_lo_iid_sets", "pearson_hi_iid_sets"]
     out = out[[c for c in order if c in out]]
     kind = out.scenario.str.partition("@")[0]
     return out.assign(_k=kind, _m=out.method != "multi_stage").sort_values(["_k", "alpha", "_m", "method", "solver"]).drop(
@@ -43,14 +43,14 @@ def markdown(table: pd.DataFrame) -> str:
         return f"{v:.3f}" if np.isfinite(v) else "—"
 
     head = ["scenario", "α", "method", "solver", "Pearson [95% CI]", "Spearman", "LDS warm [95% CI]", "LDS cold [95% CI]", "slope", "sets",
-            "pretrain test acc.", "finetune test acc."]
+            "pretrain test acc.", "finetune test acc.", "from-scratch test acc."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.itertuples():
         cells = [r.scenario.partition("@")[0], "—" if not np.isfinite(r.alpha) else f"{r.alpha:g}", r.method, r.solver,
                  ci(r.pearson, r.pearson_lo, r.pearson_hi), f"{r.spearman:.3f}", ci(r.lds_warm, r.lds_warm_lo, r.lds_warm_hi),
                  ci(*(getattr(r, c, float("nan")) for c in ("lds_cold", "lds_cold_lo", "lds_cold_hi"))),
                  f"{r.slope:.2f}" if r.method in ("multi_stage", "single_stage") else "—", str(int(r.n_sets)),
-                 acc(r, "pt_test_accuracy"), acc(r, "ft_test_accuracy")]
+                 acc(r, "pt_test_accuracy"), acc(r, "ft_test_accuracy"), acc(r, "scratch_test_accuracy")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,8 @@ from msif import io
 from msif.experiments.registry import load_data
 from msif.steps.common import data_args, experiment, finetune_args, minimum, train_args
 from msif.task.data import DataError
+from msif.task.objectives import FinetuneObjective
+from msif.task.training import TrainingError
 from msif.validation import health
 
 log = logging.getLogger("msif")
@@ -37,6 +39,31 @@ def pretrain(config: dict, data_path: str, out: str) -> None:
     log.info("pretrain: accuracy train %.3f, test %.3f", acc["train"], acc["test"])
     io.save_tensors(out, {"params": params}, args=train_args(config), training=info, p_w=exp.model.w_spec.numel,
                     accuracy=acc, problems=info["problems"])
+
+
+def scratch(config: dict, data_path: str, out: str) -> None:
+    """The finetuning task learned without pretraining, the yardstick of a transferred model's accuracy: the same
+    architecture (W, Θ) from the seeded initialisation minimises ``1/m Σ_j l(x_j; Θ, W) + λ_ft/2 ‖Θ‖² + λ_pt/2 ‖W‖²``
+    on the finetuning data. Writes ``{"accuracy": {"train", "test"}, "training": ...}`` (NaN accuracy where training
+    fails: it is a reference, not a result)."""
+    exp = experiment(config, data_path)
+    acc, info = scratch_accuracy(config, exp)
+    io.write_json(out, {"accuracy": acc, "training": info})
+
+
+def scratch_accuracy(config: dict, exp) -> tuple[dict, dict]:
+    """:func:`scratch`'s training: its accuracy ``{"train", "test"}`` and the training summary."""
+    w, _, theta = exp.init_params()
+    objective = FinetuneObjective(exp.model, exp.data.finetune, config["finetune"]["l2"], torch.zeros_like(w), "updated",
+                                  config["pretrain"]["l2"])
+    try:
+        params, info = minimum("scratch", objective, torch.cat([theta, w]), config)
+    except TrainingError as err:
+        log.warning("from-scratch reference not trained: %s", err)
+        return {"train": float("nan"), "test": float("nan")}, {"error": str(err)}
+    acc = {"train": objective.accuracy(params, exp.data.finetune), "test": objective.accuracy(params, exp.data.finetune_test)}
+    log.info("from scratch on the finetuning data: accuracy train %.3f, test %.3f", acc["train"], acc["test"])
+    return acc, info
 
 
 def finetune(config: dict, scenario: str, data_path: str, pretrain_path: str, out: str) -> None:

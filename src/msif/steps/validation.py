@@ -273,7 +273,8 @@ def lds_cold(config: dict, scenario: str, batch: int, data_path: str, pretrain_p
 def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: dict, noise_paths: dict,
             leave_k_out_out: str, summary_out: str, baselines_paths: dict | None = None, lds_subsets_path: str | None = None,
             lds_paths: dict | None = None, lds_out: str | None = None, pretrain_path: str | None = None,
-            finetune_paths: dict | None = None, lds_cold_paths: dict | None = None, group_paths: dict | None = None) -> None:
+            finetune_paths: dict | None = None, lds_cold_paths: dict | None = None, group_paths: dict | None = None,
+            scratch_path: str | None = None) -> None:
     """One seed's validation tables: predicted (every method and solver) against actual effects (:func:`compare_tables`).
 
     ``lds_cold_paths`` (scenario → the CSVs of rule ``lds_cold``; empty lists or None without cold-start LDS) fill
@@ -283,7 +284,9 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
     ``multi_stage_group`` (:func:`group_set_predictions`), on the same sets, which first order chose.
 
     With ``pretrain_path`` and ``finetune_paths`` (scenario → finetuned parameters), every summary row also carries the
-    accuracy of the models it explains (``pt_*_accuracy``, ``ft_*_accuracy``, from their sidecars).
+    accuracy of the models it explains (``pt_*_accuracy``, ``ft_*_accuracy``, from their sidecars) and of the same
+    architecture trained from scratch on the finetuning data (``scratch_test_accuracy``, from ``scratch_path``: rule
+    ``scratch``'s output).
     """
     lds_paths = lds_paths or {}
     subsets = io.read_json(lds_subsets_path)["subsets"] if lds_subsets_path else None
@@ -299,7 +302,8 @@ def compare(config: dict, scores_paths: dict, sets_paths: dict, retrain_paths: d
     lko, summary, lds_table = compare_tables(inputs, subsets, config["validation"]["bootstrap"], config["seed"])
     if pretrain_path and finetune_paths:
         summary = with_accuracy(summary, io.load_meta(pretrain_path).get("accuracy", {}),
-                                {s: io.load_meta(p).get("accuracy", {}) for s, p in finetune_paths.items()})
+                                {s: io.load_meta(p).get("accuracy", {}) for s, p in finetune_paths.items()},
+                                io.read_json(scratch_path)["accuracy"] if scratch_path else None)
     lko["flag"] = health.row_flags(lko, (inp.retrain for inp in inputs.values()), scores_paths)
     if lko["other_basin"].any():
         log.warning("%d of %d leave-k-out rows landed in another basin (validation.basin_ratio %g): Pearson %s without them",

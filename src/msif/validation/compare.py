@@ -161,14 +161,17 @@ def compare_tables(inputs: dict[str, ScenarioInputs], subsets: list[list[int]] |
     return pd.concat(frames, ignore_index=True), pd.DataFrame(summary_rows), lds_table
 
 
-ACCURACY_COLUMNS = ["pt_train_accuracy", "pt_test_accuracy", "ft_train_accuracy", "ft_test_accuracy"]
+ACCURACY_COLUMNS = ["pt_train_accuracy", "pt_test_accuracy", "ft_train_accuracy", "ft_test_accuracy", "scratch_test_accuracy"]
 
 
-def with_accuracy(summary: pd.DataFrame, pretrain: dict, finetune: dict[str, dict]) -> pd.DataFrame:
+def with_accuracy(summary: pd.DataFrame, pretrain: dict, finetune: dict[str, dict], scratch: dict | None = None) -> pd.DataFrame:
     """The summary with the accuracy of the models it explains: the pretrained model (every row) and each scenario's
-    finetuned model (its rows); ``pretrain``/``finetune[scenario]`` hold ``{"train": ..., "test": ...}``."""
+    finetuned model (its rows); ``pretrain``/``finetune[scenario]``/``scratch`` hold ``{"train": ..., "test": ...}``;
+    ``scratch``: the same architecture trained on the finetuning data alone (``steps.train.scratch_accuracy``), the
+    yardstick of ``ft_test_accuracy``."""
     nan = float("nan")
-    out = summary.assign(pt_train_accuracy=pretrain.get("train", nan), pt_test_accuracy=pretrain.get("test", nan))
+    out = summary.assign(pt_train_accuracy=pretrain.get("train", nan), pt_test_accuracy=pretrain.get("test", nan),
+                         scratch_test_accuracy=(scratch or {}).get("test", nan))
     for split in ("train", "test"):
         out[f"ft_{split}_accuracy"] = [finetune.get(s, {}).get(split, nan) for s in out.scenario]
     return out

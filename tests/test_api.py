@@ -133,7 +133,7 @@ def test_cli_validate_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "config/config.yaml").read_text().replace("ks: [5, 10, 20, 40]", "ks: [5, 10, 20, 4000]"))
     assert cli.main(["validate-config", str(bad)]) == 1
-    assert "validation.ks=[5, 10, 20, 4000]: k=4000 exceeds data.n_pretrain=600" in capsys.readouterr().err
+    assert "validation.ks=[5, 10, 20, 4000]: k=4000 exceeds data.n_pretrain=1150" in capsys.readouterr().err
 
 
 def test_cli_info(capsys):

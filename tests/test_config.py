@@ -36,8 +36,8 @@ def mutate(path: str, value):
         ("influence", KeyError, r"'influence' is a required property"),
         ("influence.damping", -1.0, r"-1\.0 is less than the minimum of 0"),
         ("dtype", "float16", r"'float16' is not one of \['float64', 'float32'\]"),
-        ("validation.ks", [5, 700], r"validation\.ks=\[5, 700\]: k=700 exceeds data\.n_pretrain=600"),
-        ("data.finetune_classes", [4, 5, 6], r"data\.finetune_classes=\[4, 5, 6\]: classes \[4\] are also pretraining classes"),
+        ("validation.ks", [5, 1200], r"validation\.ks=\[5, 1200\]: k=1200 exceeds data\.n_pretrain=1150"),
+        ("data.finetune_classes", [6, 7, 8], r"data\.finetune_classes=\[6, 7, 8\]: classes \[6\] are also pretraining classes"),
     ],
 )
 def test_bad_config_fails_at_start_with_named_key(path, value, message):

@@ -126,9 +126,9 @@ def test_experiment_builds_the_autoencoder_from_the_config(tiny_config):
     assert exp.model.pt_logits(w, u, exp.data.pretrain.x[:3]).shape == (3, 64)
     assert math.isnan(PretrainObjective(exp.model, exp.data.pretrain, 0.05).accuracy(torch.cat([w, u]), exp.data.pretrain))
     classify = Experiment.from_config(with_objective(tiny_config, "classify"))
-    assert classify.model.pt_head.out_features == 2
+    assert classify.model.pt_head.out_features == 7  # the tiny config's seven pretraining classes
     no_block = {k: v for k, v in tiny_config.items() if k != "pretrain"}  # a plug-in's config may have no pretrain block
-    assert Experiment.from_config(no_block, data=exp.data).model.pt_head.out_features == 2
+    assert Experiment.from_config(no_block, data=exp.data).model.pt_head.out_features == 7
 
 
 def test_reconstruct_is_refused_where_the_experiment_has_its_own_objective(tiny_config):

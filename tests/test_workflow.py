@@ -17,7 +17,10 @@ def test_tiny_workflow_writes_the_contract(tiny_run):
     res = tiny_run / "results/tiny"
     lko = pd.read_csv(res / "validation/leave_k_out.csv")
     assert list(lko.columns)[:7] == ["scenario", "solver", "test_id", "selection", "k", "predicted", "actual"]
-    assert (lko["flag"] == "ok").all(), lko[lko["flag"] != "ok"]  # extra trailing column: no numerical problem upstream
+    # extra trailing column: no numerical problem upstream; a basin flag (validation/basins.py) is a finding, kept
+    problems = lko[(lko["flag"] != "ok") & ~lko["other_basin"]]
+    assert problems.empty, problems
+    assert lko.loc[lko["other_basin"], "flag"].str.contains("basin").all()
     summary = pd.read_csv(res / "validation/summary.csv")
     assert list(summary.columns)[:6] == ["scenario", "solver", "pearson", "spearman", "n_sets", "noise_floor"]
     assert set(summary.scenario) == {"fixed", "updated"}

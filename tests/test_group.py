@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import hessian
 
+import inprocess
 from msif.influence.group import GroupEstimator
 from msif.influence.multi_stage import multi_stage_influence
 from msif.task.objectives import FinetuneObjective, PretrainObjective, finetune_losses
@@ -167,6 +168,34 @@ def test_tiny_run_scores_the_group_method_beside_first_order(tiny_run):
         assert meta["cost"]["ratio"] <= 10 and meta["cost"]["gradients_per_set"] == meta["cost"]["solves_per_set"] <= 4, meta["cost"]
     page = (res / "report.html").read_text()
     assert "<i>multi_stage_group</i> is not a baseline" in page  # the report says what the extra row is
+
+
+@pytest.mark.workflow
+def test_a_chord_that_does_not_contract_falls_back_to_first_order(tiny_run, tmp_path):
+    """Rule group_predictions' step on the tiny run's trained stages: removing 2 of the 60 pretraining examples the chord
+    contracts and its prediction is used; removing 58 it rejects a step, and the set (or LDS subset: 2 kept) is predicted
+    by the summed first-order scores of the reference solver (method.md, Group removals)."""
+    from msif import io
+    from msif.steps.group import group_predictions
+
+    config, res = inprocess.load_config(".test/config/config.yaml"), tiny_run / "results/tiny/seed0"
+    sets = [{"test_index": 0, "selection": "random", "k": len(m), "members": m} for m in ([0, 1], list(range(58)))]
+    io.write_json(tmp_path / "sets.json", {"sets": sets})
+    io.write_json(tmp_path / "subsets.json", {"subsets": [list(range(2, 60)), [58, 59]]})
+    for scenario in SCENARIOS:
+        scores_path = res / f"influence/{scenario}/exact/scores.pt"
+        group_predictions(config, scenario, str(res / "data/splits.pt"), str(res / "train/pretrain.pt"),
+                          str(res / f"train/finetune_{scenario}.pt"), str(res / "influence/pretrain_hessian.pt"),
+                          str(tmp_path / "sets.json"), str(tmp_path / "subsets.json"), str(tmp_path / "group.pt"),
+                          scores_path=str(scores_path))
+        art, scores = io.load_tensors(tmp_path / "group.pt"), io.load_tensors(scores_path)["scores"]
+        assert io.load_meta(tmp_path / "group.pt")["fallback"] == "first_order"
+        assert art["set_contracting"].tolist() == [True, False] and art["lds_contracting"].tolist() == [True, False]
+        assert float(art["sets"][0]) == float(art["sets_chord"][0])  # the chord's own prediction where it contracts
+        assert float(art["sets"][1]) == pytest.approx(float(scores[0, :58].sum()), rel=1e-12)  # first order where not
+        assert float(art["sets"][1]) != pytest.approx(float(art["sets_chord"][1]), rel=1e-3)
+        torch.testing.assert_close(art["lds"][0], art["lds_chord"][0], rtol=0, atol=0)
+        torch.testing.assert_close(art["lds"][1], scores[:, :58].sum(1), rtol=1e-12, atol=1e-15)
 
 
 def test_compare_scores_per_set_predictions_like_summed_scores():

@@ -9,6 +9,7 @@ rule group_predictions:
         pretrain=rules.pretrain.output.pt,
         finetune=rules.finetune.output.pt,
         hessian=rules.pretrain_hessian.output.pt,
+        scores=f"{RESULTS}/influence/{{scenario}}/{config['validation']['reference_solver']}/scores.pt",
         sets=f"{RESULTS}/validation/{{scenario}}/removal_sets.json",
         lds_subsets=(
             f"{RESULTS}/validation/lds_subsets.json"

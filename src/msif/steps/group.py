@@ -38,11 +38,16 @@ def first_order_seconds(pt, pt_params, ft, ft_params, test, pt_eigh: Eigh, ft_ei
 
 
 def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path: str, finetune_path: str, hessian_path: str,
-                      sets_path: str, lds_subsets_path: str | None, out: str) -> None:
+                      sets_path: str, lds_subsets_path: str | None, out: str, scores_path: str | None = None) -> None:
     """``multi_stage_group``'s predicted Δ test loss for every removal set (its own test example) and every LDS subset (every
     test example): :class:`msif.influence.group.GroupEstimator` with the pretraining eigendecomposition (rule
     ``pretrain_hessian``) and the finetuning stage's, built here once. The sidecar records the cost per set beside a
-    first-order score's (``cost``) and how many sets had a chord step rejected, not contracting (``non_contracting``)."""
+    first-order score's (``cost``) and how many sets had a chord step rejected, not contracting (``non_contracting``).
+
+    With ``scores_path`` (the reference solver's first-order scores), a set or subset whose chord does not contract
+    falls back to first order, ``Σ_{i∈S} score[t, i]`` (method.md, Group removals): the iterate of a chord that left its
+    convergence region is no estimate of retraining. ``sets``/``lds`` hold the predictions used, ``sets_chord``/``lds_chord``
+    the chord's own."""
     exp, pt, pt_params, ft, ft_params = load_stages(config, scenario, data_path, pretrain_path, finetune_path)
     inf = config["influence"]
     args, steps = solve_arguments(config), inf["group"]["steps"]
@@ -63,6 +68,19 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
             keep = set(kept)
             lds_preds.append(est.remove([i for i in range(pt.n) if i not in keep]))
     lds_pred = torch.stack([p.delta for p in lds_preds]) if lds_preds else torch.zeros(0, len(exp.test), dtype=torch.float64)
+    set_contracting = torch.tensor([p.contracting for p in preds], dtype=torch.bool)
+    lds_contracting = torch.tensor([p.contracting for p in lds_preds], dtype=torch.bool)
+    set_chord, lds_chord = set_pred.clone(), lds_pred.clone()
+    if scores_path:
+        scores = io.load_tensors(scores_path)["scores"].to(set_pred)
+        first_sets = torch.stack([scores[s["test_index"], s["members"]].sum() for s in sets]) if sets else set_pred
+        set_pred = torch.where(set_contracting, set_pred, first_sets)
+        if lds_preds:
+            n = scores.shape[1]
+            removed = torch.ones(len(lds_preds), n, dtype=scores.dtype, device=scores.device)
+            for row, kept in enumerate(io.read_json(lds_subsets_path)["subsets"]):
+                removed[row, torch.as_tensor(kept, device=scores.device)] = 0.0
+            lds_pred = torch.where(lds_contracting[:, None], lds_pred, removed @ scores.T)
     per_set = sum(p.seconds for p in preds) / max(len(preds), 1)
     cost = {"seconds_per_set": per_set, "first_order_seconds_per_test": first / len(exp.test),
             "ratio": per_set / (first / len(exp.test)), "gradients_per_set": sum(p.gradients for p in preds) / max(len(preds), 1),
@@ -74,10 +92,11 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
              per_set, cost["first_order_seconds_per_test"], cost["ratio"], non_contracting)
     if non_contracting["sets"] or non_contracting["lds_subsets"]:
         log.warning("group_predictions[%s]: a chord step did not contract (rejected) for %s: those removals left the chord's "
-                    "convergence region (their predictions stop at the last contracting step)", scenario, non_contracting)
-    io.save_tensors(out, {"sets": set_pred, "lds": lds_pred, "test_ids": exp.test.ids,
-                          "set_contracting": torch.tensor([p.contracting for p in preds]),
-                          "lds_contracting": torch.tensor([p.contracting for p in lds_preds], dtype=torch.bool)},
+                    "convergence region; %s", scenario, non_contracting,
+                    "they fall back to first order" if scores_path else "their predictions stop at the last contracting step")
+    io.save_tensors(out, {"sets": set_pred, "lds": lds_pred, "test_ids": exp.test.ids, "set_contracting": set_contracting,
+                          "lds_contracting": lds_contracting, "sets_chord": set_chord, "lds_chord": lds_chord},
                     args=group_args(config, scenario), cost=cost, non_contracting=non_contracting,
+                    fallback="first_order" if scores_path else "none",
                     convention="removal effect: predicted f_t(without S) - f_t(all), per set (its test) and per LDS subset (every test)",
                     problems=health.upstream(finetune_path, hessian_path))

@@ -123,7 +123,7 @@ bench-peers-cnn: setup peers-setup data-apt
 	  "msif:cg_columns=the yardstick of block CG, measured apart (it sets only dattri's iterations, and dattri is left out)"
 	$(PEERS_PY) -m msif.bench.peers --markdown --out results/bench/peers-cnn > results/bench/peers-cnn/peers.md
 
-# Paper mode: the multi-stage paper's image protocol on Fashion-MNIST (two classes) and MNIST (four classes),
+# Paper mode: the multi-stage paper's image protocol on Fashion-MNIST (8 classes -> 2) and MNIST (digits 0-6 -> 7-9),
 # both scenarios, several alpha, three seeds: results/paper*/tables/ and report.html. Long: hours on 2 cores.
 paper: setup
 	$(SNAKEMAKE) --profile $(PROFILE) --configfile config/paper.yaml $(ARGS)

@@ -237,3 +237,15 @@ def test_the_scatter_rings_the_other_basin_rows():
     ringed = scatter_figure(lko, summary, "updated", "exact", 1e-6)
     assert ringed != scatter_figure(lko.assign(other_basin=False), summary, "updated", "exact", 1e-6)
     assert ringed != scatter_figure(lko.assign(other_basin=[False] * 11 + [True]), summary, "updated", "exact", 1e-6)
+
+
+def test_the_report_lists_a_retrainings_basin_flag_once_not_once_per_method():
+    from msif.report.page import flagged_rows
+
+    flag = "retrain t0-top-k5: pretraining landed in another basin (5.0 x the first-order displacement 1.00e-01; validation.basin_ratio 3)"
+    lko = pd.DataFrame({"scenario": "fixed", "method": ["multi_stage", "random", "multi_stage", "random"],
+                        "solver": ["exact", "none"] * 2, "test_id": [7, 7, 8, 8], "flag": [flag, flag, "ok", "ok"]})
+    html = flagged_rows(lko)
+    assert html.count(flag) == 1 and "every method (2)" in html and "2 of 4 leave-k-out rows are flagged" in html
+    only = flagged_rows(lko.assign(flag=[flag, "ok", "ok", "ok"]))
+    assert "multi_stage (exact)" in only and "every method" not in only

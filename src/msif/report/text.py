@@ -47,7 +47,7 @@ def pretraining_examples(data: dict, vocab: list[str], scores: torch.Tensor, tes
     (opponents) multi-stage scores, as text."""
     order = torch.argsort(scores[t], descending=True)
     label = int(data["finetune_test.y"][t])
-    rows = [f"<p><b>test sentence</b> (id {int(test_ids[t])}, label {'positive' if label else 'negative'}): "
+    rows = [f"<p><b>test sentence</b> (id {int(test_ids[t])}, label {label}): "
             f"<i>{highlight(words_of(data['finetune_test.x'][t], vocab), vocab)}</i></p><table>"
             "<tr><th>score</th><th>chunk id</th><th class='l'>pretraining chunk</th></tr>"]
     for kind, idx in (("proponent", order[:top].tolist()), ("opponent", order[-top:].flip(0).tolist())):

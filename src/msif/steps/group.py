@@ -72,7 +72,7 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
     lds_contracting = torch.tensor([p.contracting for p in lds_preds], dtype=torch.bool)
     set_chord, lds_chord = set_pred.clone(), lds_pred.clone()
     if scores_path:
-        scores = io.load_tensors(scores_path)["scores"].to(set_pred)
+        scores = io.load_tensors(scores_path, finetune_args(config, scenario))["scores"].to(set_pred)
         first_sets = torch.stack([scores[s["test_index"], s["members"]].sum() for s in sets]) if sets else set_pred
         set_pred = torch.where(set_contracting, set_pred, first_sets)
         if lds_preds:

@@ -54,7 +54,7 @@ def names_key(message: str, key: str) -> bool:
 
 
 # (key, bad value, regex the message must match: the value and what is allowed). Tiny config as the base:
-# n_pretrain 60 of 360 examples (classes 0, 1), n_finetune 40 of 360 (classes 2, 3), n_test 2.
+# n_pretrain 60 of 1,264 examples (classes 0-6), n_finetune 40 of 353 (classes 7, 8), n_test 2.
 BAD = [
     ("run", "..", r"'\.\.' does not match '\^\[A-Za-z0-9_\]"),
     ("run", "my run", r"'my run' does not match"),
@@ -68,13 +68,13 @@ BAD = [
     ("experiment", "nosuch", r"experiment='nosuch': allowed \['digits'(, '\w+')*\] or 'package\.module:function'"),
     ("experiment", "no_such_module_xyz:plugin", r"module 'no_such_module_xyz' is not importable"),
     ("data.n_pretrain", 1, r"1 is less than the minimum of 2"),
-    ("data.n_pretrain", 359, r"data\.n_pretrain=359: classes \[0, 1\] have 360 digits examples; allowed 2\.\.358"),
-    ("data.n_finetune", 360, r"data\.n_finetune=360: classes \[2, 3\] have 360 digits examples; allowed 2\.\.358"),
+    ("data.n_pretrain", 1263, r"data\.n_pretrain=1263: classes \[0, 1, 2, 3, 4, 5, 6\] have 1264 digits examples; allowed 7\.\.1257"),
+    ("data.n_finetune", 352, r"data\.n_finetune=352: classes \[7, 8\] have 353 digits examples; allowed 2\.\.351"),
     ("data.pretrain_classes", [0, 0, 1], r"\[0, 0, 1\] has non-unique elements"),
     ("data.pretrain_classes", [0], r"\[0\] is too short|\[0\] should be non-empty"),
     ("data.pretrain_classes", [0, 12], r"12 is greater than the maximum of 9"),
     ("influence.n_test", 0, r"0 is less than the minimum of 1"),
-    ("influence.n_test", 321, r"influence\.n_test=321 exceeds the finetuning test split \(320 examples.*allowed 1\.\.320"),
+    ("influence.n_test", 314, r"influence\.n_test=314 exceeds the finetuning test split \(313 examples.*allowed 1\.\.313"),
     ("influence.damping", math.nan, r"influence\.damping=nan: must be a finite number"),
     ("influence.max_residual", 0.0, r"0\.0 is less than or equal to the minimum of 0"),
     ("influence.batch_size", 0, r"0 is less than the minimum of 1"),
@@ -117,7 +117,7 @@ def test_bad_config_is_refused_naming_key_value_and_allowed(key, value, message)
 def test_good_configs_pass():
     default = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     for cfg in (TINY, default, mutate(mutate(TINY, "scenarios", ["fixed"]), "finetune.alpha", 0.0),
-                mutate(TINY, "influence.n_test", 320), mutate(TINY, "data.n_pretrain", 358)):
+                mutate(TINY, "influence.n_test", 313), mutate(TINY, "data.n_pretrain", 1257)):
         check(cfg)
 
 

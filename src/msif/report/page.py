@@ -257,14 +257,13 @@ def flagged_rows(lko: pd.DataFrame, limit: int = 50) -> str:
     A retraining's flag is on the row of every method scored against it, so it is listed once, not once per method."""
     if "flag" not in lko or (lko["flag"] == "ok").all():
         return ""
-    bad = lko[lko["flag"] != "ok"]
-    bad = bad.assign(methods=bad["method"].astype(str) + (" (" + bad["solver"].astype(str) + ")" if "solver" in bad else ""))
+    every = lko["method"].astype(str) + (" (" + lko["solver"].astype(str) + ")" if "solver" in lko else "")
+    bad = lko.assign(methods=every)[lko["flag"] != "ok"]
     keys = [c for c in ("scenario", "flag") if c in bad]
     groups = (bad.groupby(keys, sort=False, dropna=False)
               .agg(methods=("methods", lambda m: ", ".join(dict.fromkeys(m))), rows=("flag", "size"),
                    test_ids=("test_id", lambda t: ", ".join(map(str, sorted(set(t))[:10])) + (" …" if t.nunique() > 10 else "")))
               .reset_index().rename(columns={"test_ids": "test ids"}))
-    every = lko["method"].astype(str) + (" (" + lko["solver"].astype(str) + ")" if "solver" in lko else "")
     groups["methods"] = [f"every method ({every.nunique()})" if set(m.split(", ")) == set(every) else m for m in groups["methods"]]
     more = f" (first {limit} of {len(groups)} kinds shown)" if len(groups) > limit else ""
     return (f"<div class='verdict warn'><b>{len(bad)} of {len(lko)} leave-k-out rows are flagged</b>{more}: a numerical problem "

@@ -14,7 +14,7 @@ from msif.influence.group import GroupEstimator
 from msif.influence.scoring import upweight_influence
 from msif.steps.common import finetune_args, load_stages, solve_arguments, train_args
 from msif.task.objectives import stage_of
-from msif.validation import health
+from msif.validation import health, metrics
 
 log = logging.getLogger("msif")
 
@@ -63,24 +63,21 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
     preds = [est.remove(s["members"]) for s in sets]
     set_pred = torch.tensor([float(p.delta[s["test_index"]]) for p, s in zip(preds, sets, strict=True)], dtype=torch.float64)
     lds_preds = []
-    if lds_subsets_path:
-        for kept in io.read_json(lds_subsets_path)["subsets"]:
-            keep = set(kept)
-            lds_preds.append(est.remove([i for i in range(pt.n) if i not in keep]))
+    subsets = io.read_json(lds_subsets_path)["subsets"] if lds_subsets_path else []
+    for kept in subsets:
+        keep = set(kept)
+        lds_preds.append(est.remove([i for i in range(pt.n) if i not in keep]))
     lds_pred = torch.stack([p.delta for p in lds_preds]) if lds_preds else torch.zeros(0, len(exp.test), dtype=torch.float64)
     set_contracting = torch.tensor([p.contracting for p in preds], dtype=torch.bool)
     lds_contracting = torch.tensor([p.contracting for p in lds_preds], dtype=torch.bool)
     set_chord, lds_chord = set_pred.clone(), lds_pred.clone()
-    if scores_path:
-        scores = io.load_tensors(scores_path, finetune_args(config, scenario))["scores"].to(set_pred)
-        first_sets = torch.stack([scores[s["test_index"], s["members"]].sum() for s in sets]) if sets else set_pred
+    if scores_path:  # first order where the chord does not contract: the very predictions compare gives multi_stage
+        scores = io.load_tensors(scores_path, finetune_args(config, scenario))["scores"]
+        first_sets = torch.as_tensor(metrics.predicted_effects(scores, sets), dtype=set_pred.dtype)
         set_pred = torch.where(set_contracting, set_pred, first_sets)
         if lds_preds:
-            n = scores.shape[1]
-            removed = torch.ones(len(lds_preds), n, dtype=scores.dtype, device=scores.device)
-            for row, kept in enumerate(io.read_json(lds_subsets_path)["subsets"]):
-                removed[row, torch.as_tensor(kept, device=scores.device)] = 0.0
-            lds_pred = torch.where(lds_contracting[:, None], lds_pred, removed @ scores.T)
+            first_lds = torch.as_tensor(metrics.lds_predictions(scores, subsets), dtype=lds_pred.dtype)
+            lds_pred = torch.where(lds_contracting[:, None], lds_pred, first_lds)
     per_set = sum(p.seconds for p in preds) / max(len(preds), 1)
     cost = {"seconds_per_set": per_set, "first_order_seconds_per_test": first / len(exp.test),
             "ratio": per_set / (first / len(exp.test)), "gradients_per_set": sum(p.gradients for p in preds) / max(len(preds), 1),

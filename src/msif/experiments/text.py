@@ -31,6 +31,7 @@ pretraining Hessian would have d(d−1)/2 exact zero eigenvalues at every optimu
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
 import re
 from collections import Counter
@@ -108,8 +109,6 @@ def read_movie_sentences(path: Path) -> tuple[np.ndarray, list[list[str]], np.nd
 
 def read_sms_spam(path: Path) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
     """(ids, token lists, labels: 1 spam, 0 ham) of the ``,spam,text`` CSV (id = the first column, the row number)."""
-    import csv
-
     ids, toks, labels = [], [], []
     with open(path, encoding="latin-1", newline="") as f:
         rows = csv.reader(f)

@@ -102,8 +102,8 @@ LDS_ARGS ?=
 bench-lds: setup peers-setup
 	nice -n 10 $(PEERS_PY) -m msif.bench.lds_protocol --config config/bench/lds-protocol.yaml --out results/bench $(LDS_ARGS)
 
-# What faithfulness costs (not a test): every grid point of config/bench/tradeoff.yaml (pretraining L2 and objective, damping,
-# merged onto config/config.yaml) trained, scored exactly and validated by retraining: results/bench/tradeoff.{csv,json,png},
+# What faithfulness costs (not a test): every grid point of config/bench/tradeoff.yaml (pretraining L2 and objective,
+# finetuning L2, damping, merged onto config/config.yaml) trained, scored exactly and validated by retraining: results/bench/tradeoff.{csv,json,png},
 # finetuned accuracy against leave-k-out Pearson and LDS. Each point is cached in results/bench/tradeoff/<point>/ (a rerun
 # recomputes only points whose settings changed). TRADEOFF_ARGS e.g. "--points default damping-1e-2" or "--smoke" (seconds).
 TRADEOFF_ARGS ?=

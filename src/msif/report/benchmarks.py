@@ -87,7 +87,7 @@ SOURCES = (
     Source("tradeoff.csv", "What faithfulness costs: accuracy against Pearson and LDS over regularisation and damping",
            "bench-tradeoff",
            "Each grid point of `config/bench/tradeoff.yaml` (a partial config merged onto the default one: pretraining L2, "
-           "pretraining objective, damping) trained, scored with the exact multi-stage influence and validated by retraining "
+           "pretraining objective, finetuning L2, damping) trained, scored with the exact multi-stage influence and validated by retraining "
            "both stages: per scenario, the pretrained and finetuned test accuracy, the leave-k-out Pearson and slope over all "
            "removal sets, the warm-start LDS; `default` marks the shipped default config; `seconds` / `cpu_seconds` per point "
            "and seed, both scenarios together; `shared_from`: a point equal but for damping whose trained models and LDS "

@@ -43,11 +43,11 @@ def highlight(ids: list[int], vocab: list[str], word_score: np.ndarray | None = 
 
 
 def pretraining_examples(data: dict, vocab: list[str], scores: torch.Tensor, test_ids: torch.Tensor, t: int, top: int) -> str:
-    """A finetuning test sentence and the pretraining chunks with the highest (proponents) and lowest
+    """A finetuning test text and the pretraining chunks with the highest (proponents) and lowest
     (opponents) multi-stage scores, as text."""
     order = torch.argsort(scores[t], descending=True)
     label = int(data["finetune_test.y"][t])
-    rows = [f"<p><b>test sentence</b> (id {int(test_ids[t])}, label {label}): "
+    rows = [f"<p><b>test text</b> (id {int(test_ids[t])}, label {label}): "
             f"<i>{highlight(words_of(data['finetune_test.x'][t], vocab), vocab)}</i></p><table>"
             "<tr><th>score</th><th>chunk id</th><th class='l'>pretraining chunk</th></tr>"]
     for kind, idx in (("proponent", order[:top].tolist()), ("opponent", order[-top:].flip(0).tolist())):
@@ -87,7 +87,7 @@ def ratio_lines(summary: pd.DataFrame) -> str:
 
 
 def word_level_examples(scores_path: Path, data: dict, top: int) -> str:
-    """For each stored test sentence: its words coloured by their summed TracIn-WE word score over the top
+    """For each stored test text: its words coloured by their summed TracIn-WE word score over the top
     proponents, then those proponent training sentences with each shared word coloured by its word score."""
     art = io.load_tensors(scores_path)
     meta = io.load_meta(scores_path)
@@ -100,7 +100,7 @@ def word_level_examples(scores_path: Path, data: dict, top: int) -> str:
         scale = float(np.abs(ws[order]).max()) if order else 1.0
         pred = int(art["predicted"][t])
         test_words = words_of(data["finetune_test.x"][t], vocab)
-        parts.append(f"<p><b>test sentence</b> (id {int(art['test_ids'][t])}, label {int(art['test_y'][t])}, predicted {pred}): "
+        parts.append(f"<p><b>test text</b> (id {int(art['test_ids'][t])}, label {int(art['test_y'][t])}, predicted {pred}): "
                      f"<i>{highlight(test_words, vocab, ws[order].sum(0), scale * max(1, len(order) / 2))}</i></p><table>"
                      "<tr><th>TracIn-WE</th><th>id</th><th>label</th><th class='l'>top proponent (shared words coloured by word score)</th></tr>")
         for i in order:
@@ -119,21 +119,21 @@ def tracin_section(config: dict, tracin: dict[str, str], data: dict) -> str:
     view.columns = [" ".join(str(c) for c in col if c != "").replace("delta_prob", "Δp").replace("delta_loss", "Δloss") for col in view.columns]
     view = view.sort_values(["selection", "method"]).reset_index(drop=True)
     return "".join([
-        "<h2>TracIn family on the classifier's own training sentences</h2>",
+        "<h2>TracIn family on the classifier's own training texts</h2>",
         f"<p>The classifier (E and Θ) is finetuned by SGD from the pretrained E ({tr['epochs']} epochs, batch {tr['batch_size']}, "
         f"η = {tr['lr']} · {tr['lr_decay']}<sup>epoch</sup>); test accuracy {train_meta['test_accuracy']:.3f}. Scores are computed for "
-        f"the first {tr['n_test']} test sentences w.r.t. each one's predicted class. Positive = proponent (removing it raises the test "
+        f"the first {tr['n_test']} test texts w.r.t. each one's predicted class. Positive = proponent (removing it raises the test "
         "loss), for every method. <i>TracIn</i>: all parameters; <i>tracin_last</i>: final layer; <i>tracin_we</i>: word-embedding "
         f"rows of shared words; <i>tracin_we_topk</i>: each example's {tr['top_tokens']} largest word-gradient rows; "
         "<i>if_last</i>: influence function on the final layer.</p>",
-        "<h3>Case deletion</h3><p>Delete each method's top-k proponents (or opponents) of a test sentence, retrain the classifier "
+        "<h3>Case deletion</h3><p>Delete each method's top-k proponents (or opponents) of a test text, retrain the classifier "
         f"with seeds {tr['seeds']} (same start and batch order with and without the deletion), and average the change of the "
-        "predicted class's probability Δp and loss Δloss = −Δlog p over seeds, then over test sentences. Random deletions are the noise floor.</p>",
+        "predicted class's probability Δp and loss Δloss = −Δlog p over seeds, then over test texts. Random deletions are the noise floor.</p>",
         case_deletion_figure(summary),
         table(view, "{:.3g}"),
         "<p>Ratio of mean |Δp| (TracIn-WE over each last-layer method; &gt; 1: TracIn-WE moves the prediction more):</p>",
         ratio_lines(summary),
-        "<h3>Word-level influence (TracIn-WE)</h3><p>Blue: a word whose gradient agrees with the test sentence's (proponent word); "
+        "<h3>Word-level influence (TracIn-WE)</h3><p>Blue: a word whose gradient agrees with the test text's (proponent word); "
         "red: disagrees. Hover a word for its score.</p>",
         word_level_examples(Path(tracin["scores"]), data, config["report"]["top"]),
     ])

@@ -32,6 +32,15 @@ def test_paper_summary_keeps_pooled_rows_with_alpha_and_markdown_has_intervals()
     assert md[-1].startswith("| updated | 1 | random | none |") and md[-1].endswith("| — | — | 12 | — | — | — |")  # no cold LDS, no accuracy
 
 
+def test_the_group_method_gets_its_slope_and_baselines_none():
+    summary = _summary(["all"])
+    group = summary[summary.method == "multi_stage"].assign(method="multi_stage_group", slope=1.12)
+    md = markdown(paper_summary(pd.concat([summary, group], ignore_index=True), alpha=0.1)).splitlines()
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line.split("|")[9].strip() for line in md[2:]}
+    assert rows[("fixed", "—", "multi_stage_group")] == "1.12" and rows[("fixed", "—", "multi_stage")] == "1.50"
+    assert rows[("fixed", "—", "random")] == "—"
+
+
 def test_one_seed_run_keeps_its_rows():
     table = paper_summary(_summary(["3"]), alpha=0.1)
     assert len(table) == 6 and list(table.n_seeds.unique()) == [1]

@@ -32,6 +32,10 @@ def paper_summary(summary: pd.DataFrame, alpha: float) -> pd.DataFrame:
         columns=["_k", "_m"]).reset_index(drop=True)
 
 
+# methods whose scores are predicted changes of the test loss, so that actual ≈ slope · predicted means something
+SIZED = ("multi_stage", "multi_stage_group", "single_stage")
+
+
 def markdown(table: pd.DataFrame) -> str:
     """A markdown table: Pearson and the warm- and cold-start LDS with their 95% intervals (over test examples) in one cell each,
     beside the accuracy of the models explained."""
@@ -49,7 +53,7 @@ def markdown(table: pd.DataFrame) -> str:
         cells = [r.scenario.partition("@")[0], "—" if not np.isfinite(r.alpha) else f"{r.alpha:g}", r.method, r.solver,
                  ci(r.pearson, r.pearson_lo, r.pearson_hi), f"{r.spearman:.3f}", ci(r.lds_warm, r.lds_warm_lo, r.lds_warm_hi),
                  ci(*(getattr(r, c, float("nan")) for c in ("lds_cold", "lds_cold_lo", "lds_cold_hi"))),
-                 f"{r.slope:.2f}" if r.method in ("multi_stage", "single_stage") else "—", str(int(r.n_sets)),
+                 f"{r.slope:.2f}" if r.method in SIZED else "—", str(int(r.n_sets)),
                  acc(r, "pt_test_accuracy"), acc(r, "ft_test_accuracy"), acc(r, "scratch_test_accuracy")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

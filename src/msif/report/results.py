@@ -9,7 +9,9 @@ was written, then
   when the run has it): accuracies, Pearson with its clustered and its old iid-sets 95 % intervals, Spearman,
   slope, warm- and cold-start LDS with their intervals, and the same-basin Pearson where the run has it;
 * multi-stage Pearson and finetuned test accuracy per seed, with the minimum over seeds;
-* a warning line for every finetuned test accuracy below ``--min-accuracy`` (``validation.min_accuracy``).
+* a warning line for every finetuned test accuracy below ``--min-accuracy`` (``validation.min_accuracy``);
+* where the run has ``multi_stage_group`` rows in ``validation/leave_k_out.csv``: first order beside it per
+  scenario and set size k (:func:`group_table`).
 
 Columns an older run lacks are left out; NaN is an empty cell. A run without a summary is listed as not yet run.
 """
@@ -26,6 +28,7 @@ import pandas as pd
 
 from msif import io
 from msif.report.benchmarks import cell, git_stamp, markdown_table, written
+from msif.validation.metrics import correlations
 
 TITLE = "# Results of the workflow runs"
 GENERATOR = "python -m msif.report.results"
@@ -60,6 +63,10 @@ class Run:
     @property
     def summary(self) -> Path:
         return self.results / self.name / "validation" / "summary.csv"
+
+    @property
+    def leave_k_out(self) -> Path:
+        return self.results / self.name / "validation" / "leave_k_out.csv"
 
     @property
     def config(self) -> str:
@@ -139,6 +146,31 @@ def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def group_table(lko: pd.DataFrame) -> pd.DataFrame:
+    """First order (``multi_stage``, reference solver) beside ``multi_stage_group`` per scenario and k, pooled over seeds.
+
+    Per method: Pearson and slope (actual ≈ slope · predicted, :func:`msif.validation.metrics.correlations`) over the
+    sets of that k, and the median of |actual / predicted − 1|; a last row per scenario over every k. Empty when the
+    run has no group rows.
+    """
+    lko = lko[lko.method.isin(["multi_stage", "multi_stage_group"]) & (lko.solver == REFERENCE)]
+    if not (lko.method == "multi_stage_group").any():
+        return pd.DataFrame()
+    table = []
+    for scenario, g in lko.groupby("scenario", sort=False):
+        for k in [*sorted(g.k.unique()), "all"]:
+            band = g if k == "all" else g[g.k == k]
+            line = {"scenario": scenario, "k": k, "sets": int((band.method == "multi_stage").sum())}
+            for method, tag in (("multi_stage", "first order"), ("multi_stage_group", "group")):
+                m = band[band.method == method]
+                fit = correlations(m.predicted.to_numpy(), m.actual.to_numpy())
+                ratio = (m.actual / m.predicted - 1).abs()
+                line |= {f"{tag} Pearson": _number(fit["pearson"]), f"{tag} slope": _number(fit["slope"]),
+                         f"{tag} median abs. rel. error": _number(float(ratio[ratio.notna()].median()))}
+            table.append(line)
+    return pd.DataFrame(table)
+
+
 def warnings(summary: pd.DataFrame, min_accuracy: float) -> list[str]:
     """A line per scenario whose finetuned test accuracy is below ``min_accuracy``: pooled (``seed == "all"``) or per seed."""
     if "ft_test_accuracy" not in summary:
@@ -203,6 +235,12 @@ def section(run: Run, min_accuracy: float, out: Path | None = None) -> str:
             if low is not None:
                 lines.append(f"Lowest per-seed Pearson: {_number(low.pearson)} (scenario `{low.scenario}`, seed {low.seed}).")
         lines += warnings(summary[summary.seed != "all"], min_accuracy)
+    if run.leave_k_out.is_file():
+        by_k = group_table(pd.read_csv(run.leave_k_out))
+        if not by_k.empty:
+            lines.append("Group removals by set size (`validation/leave_k_out.csv`): first order against `multi_stage_group` "
+                         "on the same removal sets, which first order chose ([method](method.md#group-removals-beyond-first-order-multi_stage_group)):")
+            lines.append(markdown_table(by_k))
     return head + "\n\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """docs/results.md is generated from workflow runs' validation/summary.csv (python -m msif.report.results)."""
 
+import json
 import os
 import re
 import subprocess
@@ -205,3 +206,15 @@ def test_group_rows_get_a_table_by_set_size_beside_first_order(tmp_path, repo):
     assert rows[("fixed", "all")][0] == "8"
     pd.DataFrame([r for r in lko if r["method"] == "multi_stage"]).to_csv(path, index=False)
     assert "Group removals by set size" not in generate(tmp_path, [f"default={tmp_path / 'results'}@{repo}"])
+
+
+def test_a_text_run_states_its_tracin_classifier_accuracy(tmp_path, repo):
+    write_run(tmp_path / "results", "text", summary_rows())
+    for seed, acc in (("0", 0.8975), ("1", 0.91)):
+        sidecar = tmp_path / "results" / "text" / f"seed{seed}" / "tracin" / "train.pt.json"
+        sidecar.parent.mkdir(parents=True)
+        sidecar.write_text(json.dumps({"test_accuracy": acc}))
+    page = generate(tmp_path, [f"text={tmp_path / 'results'}@{repo}"])
+    assert "TracIn classifier (the whole model finetuned by SGD, `tracin/train.pt`) test accuracy: seed 0 0.8975, seed 1 0.91." in page
+    write_run(tmp_path / "other", "default", summary_rows())
+    assert "TracIn classifier" not in generate(tmp_path, [f"default={tmp_path / 'other'}@{repo}"])

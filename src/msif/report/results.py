@@ -10,6 +10,7 @@ was written, then
   slope, warm- and cold-start LDS with their intervals, and the same-basin Pearson where the run has it;
 * multi-stage Pearson and finetuned test accuracy per seed, with the minimum over seeds;
 * a warning line for every finetuned test accuracy below ``--min-accuracy`` (``validation.min_accuracy``);
+* a text run's TracIn classifier test accuracy per seed (:func:`tracin_accuracy`);
 * where the run has ``multi_stage_group`` rows in ``validation/leave_k_out.csv``: first order beside it per
   scenario and set size k (:func:`group_table`).
 
@@ -146,6 +147,19 @@ def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def tracin_accuracy(run: Run) -> str:
+    """The text experiment's TracIn classifier test accuracy per seed (``seed<s>/tracin/train.pt`` sidecars), or ""."""
+    found = {}
+    for sidecar in sorted((run.results / run.name).glob("seed*/tracin/train.pt.json")):
+        accuracy = io.load_meta(str(sidecar.with_suffix(""))).get("test_accuracy")
+        if accuracy is not None:
+            found[sidecar.parent.parent.name.removeprefix("seed")] = accuracy
+    if not found:
+        return ""
+    return ("TracIn classifier (the whole model finetuned by SGD, `tracin/train.pt`) test accuracy: "
+            + ", ".join(f"seed {s} {_number(float(a))}" for s, a in found.items()) + ".")
+
+
 def group_table(lko: pd.DataFrame) -> pd.DataFrame:
     """First order (``multi_stage``, reference solver) beside ``multi_stage_group`` per scenario and k, pooled over seeds.
 
@@ -235,6 +249,8 @@ def section(run: Run, min_accuracy: float, out: Path | None = None) -> str:
             if low is not None:
                 lines.append(f"Lowest per-seed Pearson: {_number(low.pearson)} (scenario `{low.scenario}`, seed {low.seed}).")
         lines += warnings(summary[summary.seed != "all"], min_accuracy)
+    if tracin := tracin_accuracy(run):
+        lines.append(tracin)
     if run.leave_k_out.is_file():
         by_k = group_table(pd.read_csv(run.leave_k_out))
         if not by_k.empty:

@@ -180,7 +180,7 @@ def group_table(lko: pd.DataFrame) -> pd.DataFrame:
                 fit = correlations(m.predicted.to_numpy(), m.actual.to_numpy())
                 ratio = (m.actual / m.predicted - 1).abs()
                 line |= {f"{tag} Pearson": _number(fit["pearson"]), f"{tag} slope": _number(fit["slope"]),
-                         f"{tag} median abs. rel. error": _number(float(ratio[ratio.notna()].median()))}
+                         f"{tag} median abs. rel. error": _number(float(ratio.median()))}
             table.append(line)
     return pd.DataFrame(table)
 

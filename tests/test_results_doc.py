@@ -206,6 +206,20 @@ def test_group_rows_get_a_table_by_set_size_beside_first_order(tmp_path, repo):
     assert rows[("fixed", "all")][0] == "8"
     pd.DataFrame([r for r in lko if r["method"] == "multi_stage"]).to_csv(path, index=False)
     assert "Group removals by set size" not in generate(tmp_path, [f"default={tmp_path / 'results'}@{repo}"])
+    assert "Cost of `multi_stage_group`" not in page
+
+
+def test_group_cost_per_set_is_tabulated_from_the_sidecars(tmp_path, repo):
+    """Per scenario and seed: ms per set, ms per first-order test column, their ratio, Newton steps, failed searches."""
+    write_run(tmp_path / "results", "default", summary_rows())
+    for seed, ratio in (("0", 6.5), ("1", 7.25)):
+        sidecar = tmp_path / "results" / "default" / f"seed{seed}" / "influence" / "fixed" / "group.pt.json"
+        sidecar.parent.mkdir(parents=True)
+        sidecar.write_text(json.dumps({"cost": {"seconds_per_set": 0.013, "first_order_seconds_per_test": 0.002, "ratio": ratio,
+                                                "newton_steps_per_set": 5.5}, "line_search_failed": {"sets": 0, "lds_subsets": 2}}))
+    page = generate(tmp_path, [f"default={tmp_path / 'results'}@{repo}"])
+    rows = [r for r in table_rows(page, "fixed") if len(r) == 7]
+    assert rows == [["fixed", "0", "13", "2", "6.5", "5.5", "0, 2"], ["fixed", "1", "13", "2", "7.25", "5.5", "0, 2"]], rows
 
 
 def test_a_text_run_states_its_tracin_classifier_accuracy(tmp_path, repo):

@@ -12,7 +12,7 @@ was written, then
 * a warning line for every finetuned test accuracy below ``--min-accuracy`` (``validation.min_accuracy``);
 * a text run's TracIn classifier test accuracy per seed (:func:`tracin_accuracy`);
 * where the run has ``multi_stage_group`` rows in ``validation/leave_k_out.csv``: first order beside it per
-  scenario and set size k (:func:`group_table`).
+  scenario and set size k (:func:`group_table`), and its cost per set (:func:`group_cost`).
 
 Columns an older run lacks are left out; NaN is an empty cell. A run without a summary is listed as not yet run.
 """
@@ -185,6 +185,24 @@ def group_table(lko: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def group_cost(run: Run) -> pd.DataFrame:
+    """``multi_stage_group``'s cost per set beside a first-order test column's, per scenario and seed, from the sidecars of
+    ``seed<s>/influence/<scenario>/group.pt`` (``cost``, ``line_search_failed``); empty when the run has none."""
+    table = []
+    for sidecar in sorted((run.results / run.name).glob("seed*/influence/*/group.pt.json")):
+        meta = io.load_meta(str(sidecar.with_suffix("")))
+        cost = meta.get("cost", {})
+        if "ratio" not in cost:
+            continue
+        failed = meta.get("line_search_failed", {})
+        table.append({"scenario": sidecar.parent.name, "seed": sidecar.parent.parent.parent.name.removeprefix("seed"),
+                      "ms per set": _number(1e3 * cost["seconds_per_set"]),
+                      "ms per first-order test column": _number(1e3 * cost["first_order_seconds_per_test"]),
+                      "ratio": _number(cost["ratio"]), "Newton steps per set": _number(cost.get("newton_steps_per_set", float("nan"))),
+                      "line search failed (sets, LDS subsets)": f"{failed.get('sets', '—')}, {failed.get('lds_subsets', '—')}"})
+    return pd.DataFrame(table)
+
+
 def warnings(summary: pd.DataFrame, min_accuracy: float) -> list[str]:
     """A line per scenario whose finetuned test accuracy is below ``min_accuracy``: pooled (``seed == "all"``) or per seed."""
     if "ft_test_accuracy" not in summary:
@@ -257,6 +275,11 @@ def section(run: Run, min_accuracy: float, out: Path | None = None) -> str:
             lines.append("Group removals by set size (`validation/leave_k_out.csv`): first order against `multi_stage_group` "
                          "on the same removal sets, which first order chose ([method](method.md#group-removals-beyond-first-order-multi_stage_group)):")
             lines.append(markdown_table(by_k))
+    cost = group_cost(run)
+    if not cost.empty:
+        lines.append("Cost of `multi_stage_group` per removal set against a first-order score's test column, both measured "
+                     "in the same job on the same factorisations (sidecars of `influence/<scenario>/group.pt`; both stages):")
+        lines.append(markdown_table(cost))
     return head + "\n\n".join(lines) + "\n"
 
 

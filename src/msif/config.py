@@ -67,8 +67,9 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"validation.reference_solver={v['reference_solver']!r}: allowed one of influence.solvers={inf['solvers']}")
     if inf.get("group", {}).get("enabled") and set(v["reference_solver"].split("+")) != {"exact"}:
         raise ConfigError(f"influence.group.enabled=true needs validation.reference_solver 'exact', not {v['reference_solver']!r}: "
-                          "multi_stage_group reuses each stage's dense factorisation for its per-set chord steps; with CG or "
-                          "EK-FAC each step is a full solve per set (method.md, Group removals: not applicable at scale)")
+                          "multi_stage_group preconditions its per-set Newton steps with each stage's dense factorisation; with "
+                          "CG or EK-FAC each step needs many full-data curvature products per set (method.md, Group removals: "
+                          "not applicable at scale)")
     if "updated" in config["scenarios"] and not config["finetune"]["alpha"] > 0:
         raise ConfigError(f"finetune.alpha={config['finetune']['alpha']}: scenario 'updated' needs alpha > 0")
     for s in config["scenarios"]:

@@ -401,7 +401,7 @@ def baselines_section(summary: pd.DataFrame) -> str:
     return ("<h2>Multi-stage influence against baselines</h2><p>The same removal sets and LDS subsets, scored by each method. "
             "<i>single_stage</i>: pretraining Hessian only, finetuning treated as frozen (g = ∇<sub>W</sub>f); <i>grad_dot</i>: "
             "gradient dot product, no Hessian; <i>representation</i>: cosine similarity of pretrained features; <i>random</i>. "
-            + ("<i>multi_stage_group</i> is not a baseline: multi-stage influence beyond first order (chord-Newton steps through "
+            + ("<i>multi_stage_group</i> is not a baseline: multi-stage influence beyond first order (damped Newton steps through "
                "both stages on each set, influence.group), scored on the same sets. " if (summary.method == "multi_stage_group").any()
                else "")
             + "The removal sets were chosen by multi-stage influence, so leave-k-out favours it; LDS uses random subsets and "
@@ -419,7 +419,7 @@ def predicted_vs_actual_section(summary: pd.DataFrame, lko: pd.DataFrame) -> str
     parts.append("</div>")
     parts.append("<h3>First-order accuracy as k grows</h3><p>Median of actual / predicted per selection and k "
                  "(1 = exact; random sets have small predictions, so their ratio is noisy). <i>multi_stage_group</i> "
-                 "(influence.group): the group-aware chord-Newton prediction of each set, on the same sets, which first order "
+                 "(influence.group): the group-aware damped-Newton prediction of each set, on the same sets, which first order "
                  "chose.</p>")
     parts.append(table(by_k))
     parts.append(additivity_tables(lko))

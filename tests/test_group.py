@@ -205,6 +205,7 @@ def test_tiny_run_scores_the_group_method_beside_first_order(tiny_run):
         assert meta["cost"]["ratio"] <= 10 and meta["cost"]["gradients_per_set"] <= 2 * 10, meta["cost"]
     page = (res / "report.html").read_text()
     assert "<i>multi_stage_group</i> is not a baseline" in page  # the report says what the extra row is
+    assert "What multi_stage_group costs" in page and page.count("<td class='l'>fixed</td><td class='l'>0</td>") == 1  # its cost per set
 
 
 @pytest.mark.workflow

@@ -29,6 +29,15 @@ rule report:
             seed=SEEDS[0],
         ),
         tracin=expand(TRACIN_REPORT, seed=SEEDS[0]),  # text only
+        group=(
+            expand(
+                rules.group_predictions.output.meta,
+                scenario=config["scenarios"],
+                seed=SEEDS,
+            )
+            if GROUP
+            else []
+        ),
     output:
         html=report(
             f"{RUN}/report.html", caption="../report/report.rst", category="Report"
@@ -44,6 +53,7 @@ rule report:
     params:
         cfg=REPORT_CONFIG,
         solvers=config["influence"]["solvers"],
+        seeds=SEEDS,
         version=VERSION,
     script:
         "../scripts/report.py"

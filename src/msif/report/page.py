@@ -29,6 +29,7 @@ import msif
 from msif import io
 from msif.report import text as report_text
 from msif.report.html import CSS, png, table
+from msif.report.tables import group_cost
 from msif.validation.metrics import correlations
 
 LOSS_UNIT_METHODS = ("multi_stage", "single_stage", "multi_stage_group")  # scores in test-loss units, so a slope means something
@@ -294,6 +295,7 @@ class ReportInputs:
     scores: dict[str, str]
     solves: dict[str, str]
     tracin: dict[str, str] | None = None
+    group: list[tuple[str, str, str]] | None = None  # (scenario, seed, group.pt.json) of every seed: multi_stage_group's cost
 
 
 def write_report(config: dict, inputs: ReportInputs, out: str) -> None:
@@ -311,7 +313,7 @@ def write_report(config: dict, inputs: ReportInputs, out: str) -> None:
     lko = pd.read_csv(inputs.leave_k_out)
     data = io.load_tensors(inputs.data)
     parts = [header(config), verdict(summary, seeds, config["validation"].get("min_accuracy", 0.8)), flagged_rows(lko), summary_section(summary, all_rows, seeds),
-             baselines_section(summary), lds_figure(pd.read_csv(inputs.lds), config["validation"]["reference_solver"]) if inputs.lds else "",
+             baselines_section(summary), group_cost_section(inputs.group), lds_figure(pd.read_csv(inputs.lds), config["validation"]["reference_solver"]) if inputs.lds else "",
              predicted_vs_actual_section(summary, lko), diagnostics_section(inputs, seeds),
              examples_section(config, inputs, data)]
     if config["experiment"] == "text":
@@ -393,6 +395,16 @@ def summary_section(summary: pd.DataFrame, all_rows: pd.DataFrame, seeds: list[i
         view.insert(0, "seed", per_seed.seed.to_numpy())
         parts.append(table(view))
     return "".join(parts)
+
+
+def group_cost_section(sidecars: list[tuple[str, str, str]] | None) -> str:
+    """``multi_stage_group``'s cost per removal set against a first-order score's test column (rule group_predictions)."""
+    cost = group_cost(sidecars or [])
+    if cost.empty:
+        return ""
+    return ("<h3>What multi_stage_group costs</h3><p>Per removal set, both stages, against one first-order test column (every "
+            "test column batched), both measured in the same job on the same factorisations; a set whose line search failed "
+            "is predicted by first order (method.md, Group removals).</p>" + table(cost))
 
 
 def baselines_section(summary: pd.DataFrame) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from msif import io
+from msif.report import tables
 from msif.report.benchmarks import cell, git_stamp, markdown_table, written
 from msif.validation.metrics import correlations
 
@@ -186,21 +187,10 @@ def group_table(lko: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_cost(run: Run) -> pd.DataFrame:
-    """``multi_stage_group``'s cost per set beside a first-order test column's, per scenario and seed, from the sidecars of
-    ``seed<s>/influence/<scenario>/group.pt`` (``cost``, ``line_search_failed``); empty when the run has none."""
-    table = []
-    for sidecar in sorted((run.results / run.name).glob("seed*/influence/*/group.pt.json")):
-        meta = io.load_meta(str(sidecar.with_suffix("")))
-        cost = meta.get("cost", {})
-        if "ratio" not in cost:
-            continue
-        failed = meta.get("line_search_failed", {})
-        table.append({"scenario": sidecar.parent.name, "seed": sidecar.parent.parent.parent.name.removeprefix("seed"),
-                      "ms per set": _number(1e3 * cost["seconds_per_set"]),
-                      "ms per first-order test column": _number(1e3 * cost["first_order_seconds_per_test"]),
-                      "ratio": _number(cost["ratio"]), "Newton steps per set": _number(cost.get("newton_steps_per_set", float("nan"))),
-                      "line search failed (sets, LDS subsets)": f"{failed.get('sets', '—')}, {failed.get('lds_subsets', '—')}"})
-    return pd.DataFrame(table)
+    """``multi_stage_group``'s cost per set, per scenario and seed (:func:`msif.report.tables.group_cost`), from the sidecars
+    of ``seed<s>/influence/<scenario>/group.pt``; empty when the run has none."""
+    found = sorted((run.results / run.name).glob("seed*/influence/*/group.pt.json"))
+    return tables.group_cost([(p.parent.name, p.parent.parent.parent.name.removeprefix("seed"), str(p)) for p in found])
 
 
 def warnings(summary: pd.DataFrame, min_accuracy: float) -> list[str]:

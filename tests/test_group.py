@@ -170,7 +170,7 @@ def test_group_needs_the_exact_reference_solver():
     from msif.errors import ConfigError
 
     cfg = load_config(".test/config/config.yaml")
-    assert cfg["influence"]["group"] == {"enabled": True, "steps": 10, "cg_iters": 3, "tol": 0.01}
+    assert cfg["influence"]["group"] == {"enabled": True, "steps": 10, "cg_iters": 2, "tol": 0.01}
     check_config(cfg)
     cfg["validation"]["reference_solver"] = "cg"
     with pytest.raises(ConfigError, match=r"influence\.group\.enabled=true needs validation\.reference_solver 'exact', not 'cg'"):

@@ -93,7 +93,7 @@ class _Batch:
 
 
 def newton_pcg(objective: Objective, x0: torch.Tensor, conditions: torch.Tensor, residual: torch.Tensor, solve: Solver,
-               steps: int, cg_iters: int = 3, tol: float = 0.0) -> NewtonPaths:
+               steps: int, cg_iters: int = 2, tol: float = 0.0) -> NewtonPaths:
     """Minimise each set's ``Φ(x) = objective(x, condition) − residualᵀx`` from ``x0`` by at most ``steps`` damped inexact
     Newton steps, the sets of ``conditions`` (B, …) in lockstep (each set's arithmetic and decisions its own).
 
@@ -226,8 +226,8 @@ class GroupEstimator:
     """
 
     def __init__(self, pt: PretrainObjective, pt_params: torch.Tensor, ft: FinetuneObjective, ft_params: torch.Tensor,
-                 test: Split, solve_pt: Solver, solve_ft: Solver, steps: int = 2, cg_iters: int = 3, tol: float = 0.0,
-                 batch: int = 32):
+                 test: Split, solve_pt: Solver, solve_ft: Solver, steps: int = 2, cg_iters: int = 2, tol: float = 0.0,
+                 batch: int = 64):
         if steps < 1 or cg_iters < 1 or batch < 1 or not 0 <= tol < 1:
             raise ValueError(f"steps={steps}, cg_iters={cg_iters}, tol={tol}, batch={batch}: allowed steps, cg_iters, "
                              "batch >= 1 (2 steps give second order), 0 <= tol < 1")

@@ -85,7 +85,7 @@ def methods_figure(summary: pd.DataFrame) -> str:
             ax.errorbar(g[col], y, xerr=err, fmt="o", capsize=3, label=scenario)
         ax.set_yticks(np.arange(len(order)), order)
         ax.axvline(0, color="0.6", lw=0.8)
-        ax.set(xlabel=label, xlim=(-1.02, 1.02))
+        ax.set(xlabel=label, xlim=(-1.05, 1.05))  # a marker at ±1 whole
         ax.invert_yaxis()
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -402,6 +402,8 @@ def group_cost_section(sidecars: list[tuple[str, str, str]] | None) -> str:
     cost = group_cost(sidecars or [])
     if cost.empty:
         return ""
+    numbers = ["ms per set", "ms per first-order test column", "ratio", "Newton steps per set"]
+    cost[numbers] = cost[numbers].astype(float)  # right-aligned, as every number in the report
     return ("<h3>What multi_stage_group costs</h3><p>Per removal set, both stages, against one first-order test column (every "
             "test column batched), both measured in the same job on the same factorisations; a set whose line search failed "
             "is predicted by first order (method.md, Group removals).</p>" + table(cost))

@@ -21,7 +21,8 @@ def report(config: dict, solvers: list[str], summary: str, leave_k_out: str, lds
         summary=summary, leave_k_out=leave_k_out, lds=lds, table_md=table, data=data, pretrain=pretrain,
         finetune=dict(zip(scenarios, finetune, strict=True)), scores=dict(zip(scenarios, scores, strict=True)), solves=solves,
         tracin=dict(zip(("scores", "train", "summary"), tracin, strict=True)) if tracin else None,
-        group=[(s, str(seed), path) for (s, seed), path in zip(itertools.product(scenarios, seeds or []), group or [], strict=True)])
+        group=[(s, str(seed), path) for (s, seed), path in zip(itertools.product(scenarios, seeds or []), group, strict=True)]
+        if group else None)
     write_report(config, inputs, out)
 
 

@@ -110,21 +110,24 @@ class Eigh:
         values, vectors = torch.linalg.eigh(dense_matrix(matvec, p, like))
         return cls(values, vectors)
 
-    def solve(self, b: torch.Tensor, damping: float) -> torch.Tensor:
+    def shifted(self, damping: float) -> torch.Tensor:
+        """The eigenvalues of ``H + λI``; a ``ValueError`` unless all are positive."""
         shifted = self.values + damping
         if shifted.min() <= 0:
             raise ValueError(
                 f"H + λI is not positive definite: smallest eigenvalue {float(self.values.min()):.3e}, "
                 f"damping λ={damping}; raise the damping or the L2 term"
             )
-        return self.vectors @ ((self.vectors.T @ b) / shifted[:, None])
+        return shifted
+
+    def solve(self, b: torch.Tensor, damping: float) -> torch.Tensor:
+        return self.vectors @ ((self.vectors.T @ b) / self.shifted(damping)[:, None])
 
     def preconditioner(self, damping: float, dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor], torch.Tensor]:
         """``b ↦ (H + λI)⁻¹ b`` with the factors cast to ``dtype`` once (float32: half the memory traffic of the float64
         products, which bound their speed), the result in ``b``'s dtype. For iterations whose fixed point the exact
         float64 gradients set — a preconditioner changes their speed, never their limit."""
-        self.solve(torch.zeros_like(self.values[:, None]), damping)  # the same positive-definiteness check
-        vectors, shifted = self.vectors.to(dtype).contiguous(), (self.values + damping).to(dtype)[:, None]
+        vectors, shifted = self.vectors.to(dtype).contiguous(), self.shifted(damping).to(dtype)[:, None]
         return lambda b: (vectors @ ((vectors.T @ b.to(dtype)) / shifted)).to(b.dtype)
 
 

@@ -169,7 +169,8 @@ def _pcg(batch: _Batch, x: torch.Tensor, rows: torch.Tensor, g: torch.Tensor, z:
     and whether each set's ``d`` is the chord step ``z`` itself."""
     d, r, p = torch.zeros_like(g), g.clone(), z.clone()
     rz = (g * z).sum(1)
-    rz0, reach, zn = rz.clone(), REACH * z.norm(dim=1), z.norm(dim=1)
+    zn = z.norm(dim=1)
+    rz0, reach = rz.clone(), REACH * zn
     is_chord = torch.zeros_like(rz, dtype=torch.bool)
     live = torch.arange(len(g), device=g.device)
     for i in range(iters):

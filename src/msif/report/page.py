@@ -402,8 +402,6 @@ def group_cost_section(sidecars: list[tuple[str, str, str]] | None) -> str:
     cost = group_cost(sidecars or [])
     if cost.empty:
         return ""
-    numbers = ["ms per set", "ms per first-order test column", "ratio", "Newton steps per set"]
-    cost[numbers] = cost[numbers].astype(float)  # right-aligned, as every number in the report
     return ("<h3>What multi_stage_group costs</h3><p>Per removal set, both stages, against one first-order test column (every "
             "test column batched), both measured in the same job on the same factorisations; a set whose line search failed "
             "is predicted by first order (method.md, Group removals).</p>" + table(cost))

@@ -69,15 +69,18 @@ def write_tables(summary_path: str, alpha: float, csv_out: str, md_out: str) -> 
 def group_cost(sidecars: list[tuple[str, str, str]]) -> pd.DataFrame:
     """``multi_stage_group``'s cost per set beside a first-order test column's, a row per (scenario, seed, sidecar path of
     rule ``group_predictions``' ``group.pt.json``): both measured in the same job on the same factorisations (``cost``),
-    the Newton steps per set (both stages) and how many line searches failed."""
+    the Newton steps per set (both stages) and how many line searches failed. Numbers to 3 significant digits."""
+    def rounded(value: float) -> float:
+        return float(f"{value:.3g}")
+
     rows = []
     for scenario, seed, path in sidecars:
         meta = io.read_json(path)
         cost, failed = meta.get("cost", {}), meta.get("line_search_failed", {})
         if "ratio" not in cost:
             continue
-        rows.append({"scenario": scenario, "seed": seed, "ms per set": f"{1e3 * cost['seconds_per_set']:.3g}",
-                     "ms per first-order test column": f"{1e3 * cost['first_order_seconds_per_test']:.3g}",
-                     "ratio": f"{cost['ratio']:.3g}", "Newton steps per set": f"{cost.get('newton_steps_per_set', float('nan')):.3g}",
+        rows.append({"scenario": scenario, "seed": seed, "ms per set": rounded(1e3 * cost["seconds_per_set"]),
+                     "ms per first-order test column": rounded(1e3 * cost["first_order_seconds_per_test"]),
+                     "ratio": rounded(cost["ratio"]), "Newton steps per set": rounded(cost.get("newton_steps_per_set", float("nan"))),
                      "line search failed (sets, LDS subsets)": f"{failed.get('sets', '—')}, {failed.get('lds_subsets', '—')}"})
     return pd.DataFrame(rows)

@@ -63,10 +63,8 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
     sets = io.read_json(sets_path)["sets"]
     preds = est.remove([s["members"] for s in sets])
     set_pred = torch.tensor([float(p.delta[s["test_index"]]) for p, s in zip(preds, sets, strict=True)], dtype=torch.float64)
-    lds_preds = []
     subsets = io.read_json(lds_subsets_path)["subsets"] if lds_subsets_path else []
-    if subsets:
-        lds_preds = est.remove([sorted(set(range(pt.n)) - set(kept)) for kept in subsets])
+    lds_preds = est.remove([sorted(set(range(pt.n)) - set(kept)) for kept in subsets])
     lds_pred = torch.stack([p.delta for p in lds_preds]) if lds_preds else torch.zeros(0, len(exp.test), dtype=torch.float64)
     set_descended = torch.tensor([p.descended for p in preds], dtype=torch.bool)
     lds_descended = torch.tensor([p.descended for p in lds_preds], dtype=torch.bool)
@@ -78,13 +76,14 @@ def group_predictions(config: dict, scenario: str, data_path: str, pretrain_path
         if lds_preds:
             first_lds = torch.as_tensor(metrics.lds_predictions(scores, subsets), dtype=lds_pred.dtype)
             lds_pred = torch.where(lds_descended[:, None], lds_pred, first_lds)
-    per_set = sum(p.seconds for p in preds) / max(len(preds), 1)
+    n_sets = max(len(preds), 1)
+    per_set = sum(p.seconds for p in preds) / n_sets
     cost = {"seconds_per_set": per_set, "first_order_seconds_per_test": first / len(exp.test),
             "ratio": per_set / (first / len(exp.test)), "finetune_factor_seconds": ft_factor_seconds, "steps": steps,
             "cg_iters": cg_iters, "tol": group["tol"],
-            "newton_steps_per_set": sum(len(p.pretrain_steps) + len(p.finetune_steps) for p in preds) / max(len(preds), 1)}
+            "newton_steps_per_set": sum(len(p.pretrain_steps) + len(p.finetune_steps) for p in preds) / n_sets}
     for what in ("gradients", "hvps", "solves"):
-        cost[f"{what}_per_set"] = sum(getattr(p, what) for p in preds) / max(len(preds), 1)
+        cost[f"{what}_per_set"] = sum(getattr(p, what) for p in preds) / n_sets
     failed = {"sets": sum(not p.descended for p in preds), "lds_subsets": sum(not p.descended for p in lds_preds)}
     log.info("group_predictions[%s]: %d sets, %d LDS subsets, at most %d Newton steps (%d PCG iterations) per stage; %.2e s per set "
              "against %.2e s per first-order test column (x%.2g); line searches failed: %s", scenario, len(sets),
